@@ -1,0 +1,1 @@
+"""Self-hosted SMTP relay and deliverability gateway."""

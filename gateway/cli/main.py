@@ -1,0 +1,124 @@
+"""`gateway` command line: parse, call a service, print. No tracebacks for user errors."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway.cli import queue_cmd
+from gateway.config.loader import ConfigError, load_settings
+from gateway.config.policy import load_policy
+from gateway.smtp.passwords import hash_password
+from gateway.storage.errors import StorageError
+
+
+class UserError(Exception):
+    """Bad input from the person at the keyboard: one line, exit 2."""
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", action="append", type=Path, required=True,
+                        metavar="FILE", help="settings file; repeat to layer overrides")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    serve = verbs.add_parser("serve", help="run the SMTP intake, delivery and admin HTTP")
+    _config_arg(serve)
+    serve.add_argument("--log-level", default="info",
+                       choices=["debug", "info", "warning", "error"])
+
+    check = verbs.add_parser("check-config", help="validate settings and policy files")
+    _config_arg(check)
+
+    verbs.add_parser("passwd", help="read a password (twice on a terminal), print its hash")
+
+    db = verbs.add_parser("db", help="database schema")
+    db_verbs = db.add_subparsers(dest="db_verb", required=True, metavar="ACTION")
+    upgrade = db_verbs.add_parser("upgrade", help="create or migrate the schema to this version")
+    _config_arg(upgrade)
+
+    queue_cmd.add_parsers(verbs, _config_arg)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"gateway: {problem}", file=sys.stderr)
+        return 2
+    except UserError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    except (StorageError, OSError, RuntimeError) as exc:
+        print(f"gateway: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.verb == "serve":
+        return _serve(args)
+    if args.verb == "check-config":
+        settings = load_settings(args.config)
+        policy = load_policy(settings.policy.dir)
+        print(f"ok: {len(args.config)} settings file(s), policy from {settings.policy.dir}, "
+              f"{len(settings.smtp.accounts)} account(s), {len(policy.providers)} provider profile(s)")
+        return 0
+    if args.verb == "passwd":
+        print(hash_password(_read_password()))
+        return 0
+    if args.verb == "db":
+        settings = load_settings(args.config)
+        revision = asyncio.run(_upgrade(settings.storage.url))
+        print(f"database schema at revision {revision}")
+        return 0
+    return queue_cmd.run(args)
+
+
+async def _upgrade(url: str) -> str | None:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from gateway.storage.migrate import upgrade as do_upgrade
+
+    try:
+        return await do_upgrade(url)
+    except SQLAlchemyError as exc:
+        raise StorageError(f"cannot migrate {url}: {str(exc).splitlines()[0]}") from exc
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from gateway.runtime import serve
+
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
+    asyncio.run(serve(args.config))
+    return 0
+
+
+def _read_password() -> str:
+    if sys.stdin.isatty():
+        first = getpass.getpass("Password: ")
+        if first != getpass.getpass("Again: "):
+            raise UserError("the two passwords differ")
+    else:
+        first = sys.stdin.readline().rstrip("\r\n")
+    if len(first) < 8:
+        raise UserError("password too short: use at least 8 characters")
+    return first

@@ -1,0 +1,217 @@
+"""The deployment settings schema (config.toml), validated strictly.
+
+Every table forbids unknown keys so that a typo ("max_recipient") is an error at
+start-up instead of a silently ignored setting. Values are parsed into plain
+Python types here, once, so the rest of the gateway never sees a raw string.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from gateway.config.units import (
+    HostPort,
+    is_hostname,
+    parse_duration,
+    parse_host_port,
+    parse_size,
+)
+
+Size = Annotated[int, BeforeValidator(parse_size)]
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Endpoint = Annotated[
+    HostPort, BeforeValidator(lambda v: v if isinstance(v, HostPort) else parse_host_port(v))
+]
+Port25Endpoint = Annotated[
+    HostPort, BeforeValidator(lambda v: v if isinstance(v, HostPort) else parse_host_port(v, 25))
+]
+Port53Endpoint = Annotated[
+    HostPort, BeforeValidator(lambda v: v if isinstance(v, HostPort) else parse_host_port(v, 53))
+]
+
+
+def _network(value: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return value
+    try:
+        return ipaddress.ip_network(str(value), strict=True)
+    except ValueError:
+        raise ValueError(f"bad network {value!r}: expected CIDR such as \"10.0.0.0/8\"") from None
+
+
+def _address(value: object) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        return value
+    try:
+        return ipaddress.ip_address(str(value))
+    except ValueError:
+        raise ValueError(f"bad IP address {value!r}") from None
+
+
+Network = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidator(_network)]
+IPAddress = Annotated[ipaddress.IPv4Address | ipaddress.IPv6Address, BeforeValidator(_address)]
+Stream = Literal["marketing", "transactional"]
+
+
+class Strict(BaseModel):
+    """Base for every table: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+def _domain_name(value: str) -> str:
+    domain = value.strip().rstrip(".").lower()
+    if not is_hostname(domain) or "." not in domain:
+        raise ValueError(f"bad domain name {value!r}")
+    return domain
+
+
+DomainName = Annotated[str, BeforeValidator(_domain_name)]
+
+
+class Account(Strict):
+    username: str = Field(min_length=1, max_length=256)
+    password_hash: str = Field(min_length=1)
+    allowed_from_domains: list[DomainName] = Field(min_length=1)
+    default_list: str | None = None
+    default_stream: Stream = "marketing"
+
+    @field_validator("password_hash")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if not value.startswith("scrypt$"):
+            raise ValueError("expected a hash printed by `gateway passwd` (scrypt$...)")
+        return value
+
+
+class SmtpSettings(Strict):
+    listen: list[Endpoint] = Field(default_factory=lambda: [parse_host_port("127.0.0.1:2525")])
+    listen_tls: list[Endpoint] = Field(default_factory=list)
+    listen_trusted_local: list[Endpoint] = Field(default_factory=list)
+    hostname: str = "localhost"
+    allowed_networks: list[Network] = Field(
+        default_factory=lambda: [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1")]
+    )
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    max_message_size: Size = Field(default=25_000_000, gt=0)
+    max_recipients: int = Field(default=100, ge=1, le=100_000)
+    max_connections: int = Field(default=1000, ge=1)
+    max_connections_per_ip: int = Field(default=20, ge=1)
+    idle_timeout: Duration = Field(default=300.0, gt=0)
+    max_auth_failures: int = Field(default=5, ge=1)
+    auth_lockout: Duration = Field(default=60.0, gt=0)
+    accounts: list[Account] = Field(default_factory=list)
+
+    @field_validator("hostname")
+    @classmethod
+    def _hostname(cls, value: str) -> str:
+        if not is_hostname(value):
+            raise ValueError(f"bad host name {value!r}")
+        return value
+
+    @field_validator("listen_trusted_local")
+    @classmethod
+    def _loopback_only(cls, value: list[HostPort]) -> list[HostPort]:
+        for endpoint in value:
+            if not ipaddress.ip_address(endpoint.host).is_loopback:
+                raise ValueError(f"{endpoint} is not a loopback address; trusted-local listeners "
+                                 "allow AUTH without TLS and must not be reachable from outside")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> SmtpSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be set together")
+        if self.listen_tls and self.tls_cert is None:
+            raise ValueError("listen_tls needs tls_cert and tls_key")
+        names = [a.username for a in self.accounts]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate account username {duplicates[0]!r}")
+        return self
+
+
+class StorageSettings(Strict):
+    url: str = "sqlite:///var/gateway.db"
+    node_name: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _supported(cls, value: str) -> str:
+        scheme = value.split(":", 1)[0]
+        if scheme not in {"sqlite", "sqlite+aiosqlite", "postgresql", "postgresql+asyncpg"}:
+            raise ValueError("expected sqlite:///PATH or postgresql://USER@HOST/DB")
+        return value
+
+
+class HttpSettings(Strict):
+    admin_listen: Endpoint | None = Field(default_factory=lambda: parse_host_port("127.0.0.1:8025"))
+    public_listen: Endpoint | None = Field(default_factory=lambda: parse_host_port("127.0.0.1:8080"))
+    public_url: str = "http://127.0.0.1:8080"
+
+
+class DnsSettings(Strict):
+    nameservers: list[Port53Endpoint] = Field(default_factory=list)
+    mx_overrides: dict[DomainName, list[Port25Endpoint]] = Field(default_factory=dict)
+    timeout: Duration = Field(default=5.0, gt=0)
+
+
+class BounceSettings(Strict):
+    domain: DomainName = "bounces.localhost.localdomain"
+
+
+class DkimKey(Strict):
+    selector: str = Field(min_length=1, max_length=63)
+    algorithm: Literal["rsa", "ed25519"] = "rsa"
+    key_file: Path
+
+
+class SendingDomain(Strict):
+    name: DomainName
+    dkim: list[DkimKey] = Field(default_factory=list)
+
+
+class PoolAddress(Strict):
+    address: IPAddress
+    helo: str
+
+    @field_validator("helo")
+    @classmethod
+    def _helo(cls, value: str) -> str:
+        if not is_hostname(value):
+            raise ValueError(f"bad HELO name {value!r}")
+        return value
+
+
+class Pool(Strict):
+    name: str = Field(min_length=1)
+    ips: list[PoolAddress] = Field(min_length=1)
+
+
+class PolicySettings(Strict):
+    dir: Path = Path("policies")
+
+
+class Settings(Strict):
+    smtp: SmtpSettings = Field(default_factory=SmtpSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    dns: DnsSettings = Field(default_factory=DnsSettings)
+    bounce: BounceSettings = Field(default_factory=BounceSettings)
+    domains: list[SendingDomain] = Field(default_factory=list)
+    pools: list[Pool] = Field(default_factory=list)
+    policy: PolicySettings = Field(default_factory=PolicySettings)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Settings:
+        for label, names in (("pool", [p.name for p in self.pools]),
+                             ("domain", [d.name for d in self.domains])):
+            duplicates = sorted({n for n in names if names.count(n) > 1})
+            if duplicates:
+                raise ValueError(f"duplicate {label} {duplicates[0]!r}")
+        return self

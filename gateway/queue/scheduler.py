@@ -1,0 +1,220 @@
+"""Claims due deliveries, hands them to the delivery agent, and records outcomes.
+
+Crash safety: a claim is a lease (``claimed_by`` + ``lease_until``) written before
+the attempt; the outcome is written after it. A node killed in between leaves
+leases that it releases itself at its next start (same node name) or that expire
+for any other node. So every acknowledged message is attempted again until an
+outcome is recorded: at-least-once, with a duplicate only when the remote side
+had already answered 250 and the outcome was not yet committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+from gateway import metrics
+from gateway.queue.retry import RetrySchedule
+from gateway.queue.spool import BodyCache
+from gateway.records import (
+    PENDING_STATES,
+    AttemptResult,
+    ClaimedDelivery,
+    DeliveryState,
+    Outcome,
+)
+from gateway.storage import queue_store
+from gateway.storage.database import Database
+from gateway.storage.errors import StorageError
+
+log = logging.getLogger(__name__)
+
+Deliver = Callable[[ClaimedDelivery, bytes], Awaitable[AttemptResult]]
+Clock = Callable[[], datetime]
+
+LEASE = timedelta(minutes=15)
+POLL_INTERVAL = 1.0
+CLAIM_BATCH = 200
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def outcome_for(claim: ClaimedDelivery, result: AttemptResult, retry: RetrySchedule,
+                now: datetime) -> Outcome:
+    """The state an attempt leads to (pure): delivered, bounced, deferred or expired."""
+    state, next_at, reply = DeliveryState.DEFERRED, None, result.reply
+    if result.kind == "delivered":
+        state = DeliveryState.DELIVERED
+    elif result.kind == "permanent":
+        state = DeliveryState.BOUNCED
+    else:
+        next_at = retry.next_attempt(attempts_done=claim.attempts + 1,
+                                     received_at=claim.received_at, now=now)
+        if next_at is None:
+            state = DeliveryState.EXPIRED
+            reply = f"gave up after {claim.attempts + 1} attempts: {result.reply}"
+    return Outcome(delivery_id=claim.delivery_id, queue_id=claim.queue_id,
+                   recipient=claim.recipient, state=state, reply=reply, at=now,
+                   next_attempt_at=next_at, remote=result.remote, source_ip=result.source_ip)
+
+
+class Scheduler:
+    def __init__(self, db: Database, bodies: BodyCache, deliver: Deliver, *,
+                 retry: RetrySchedule, node: str, max_in_flight: int = 500,
+                 clock: Clock = utcnow) -> None:
+        self.db = db
+        self.bodies = bodies
+        self.deliver = deliver
+        self.retry = retry
+        self.node = node
+        self.max_in_flight = max_in_flight
+        self.clock = clock
+        self._wake = asyncio.Event()
+        self._slot_free = asyncio.Event()
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._outcomes: list[Outcome] = []
+        self._outcomes_ready = asyncio.Event()
+        self._stopping = False
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        released = await self.db.write(lambda c: queue_store.release_claims(c, self.node))
+        if released:
+            log.info("released %d deliveries leased by %s before a restart", released, self.node)
+        writer = asyncio.create_task(self._write_outcomes(), name="outcome-writer")
+        reporter = asyncio.create_task(self._report_queue(), name="queue-gauges")
+        try:
+            while not self._stopping:
+                await self._claim_and_dispatch()
+        finally:
+            reporter.cancel()
+            await self._drain(writer)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        self._slot_free.set()
+
+    async def _claim_and_dispatch(self) -> None:
+        capacity = self.max_in_flight - len(self._in_flight)
+        if capacity <= 0:
+            self._slot_free.clear()
+            await self._slot_free.wait()
+            return
+        self._wake.clear()
+        now = self.clock()
+        try:
+            claimed = await self.db.write(lambda c: queue_store.claim_due(
+                c, node=self.node, now=now, lease_until=now + LEASE,
+                limit=min(capacity, CLAIM_BATCH)))
+        except StorageError as exc:
+            log.error("cannot claim deliveries: %s", exc)
+            await asyncio.sleep(POLL_INTERVAL)
+            return
+        if not claimed:
+            await self._idle()
+            return
+        bodies = await self._bodies_for(claimed)
+        for claim in claimed:
+            task = asyncio.create_task(self._attempt(claim, bodies.get(claim.queue_id)))
+            self._in_flight.add(task)
+            task.add_done_callback(self._finished)
+
+    async def _idle(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), POLL_INTERVAL)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._slot_free.set()
+
+    async def _bodies_for(self, claimed: list[ClaimedDelivery]) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        missing = set()
+        for claim in claimed:
+            body = self.bodies.get(claim.queue_id)
+            if body is None:
+                missing.add(claim.queue_id)
+            else:
+                found[claim.queue_id] = body
+        if missing:
+            try:
+                found.update(await self.db.read(lambda c: queue_store.load_bodies(c, missing)))
+            except StorageError as exc:
+                log.error("cannot load message bodies: %s", exc)
+        return found
+
+    async def _attempt(self, claim: ClaimedDelivery, body: bytes | None) -> None:
+        if body is None:
+            # The lease expires and another attempt reads the body again.
+            log.error("no body for %s, leaving delivery %d to be retried",
+                      claim.queue_id, claim.delivery_id)
+            return
+        try:
+            result = await self.deliver(claim, body)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("delivery %d failed unexpectedly", claim.delivery_id)
+            result = AttemptResult("transient", f"internal error: {type(exc).__name__}")
+        self._outcomes.append(outcome_for(claim, result, self.retry, self.clock()))
+        self._outcomes_ready.set()
+
+    async def _write_outcomes(self) -> None:
+        while True:
+            await self._outcomes_ready.wait()
+            self._outcomes_ready.clear()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        batch, self._outcomes = self._outcomes, []
+        if not batch:
+            return
+        try:
+            await self.db.write(lambda c: queue_store.record_outcomes(c, self.node, batch))
+        except StorageError as exc:
+            log.error("cannot record %d outcomes (will retry): %s", len(batch), exc)
+            self._outcomes[:0] = batch
+            await asyncio.sleep(POLL_INTERVAL)
+            self._outcomes_ready.set()
+            return
+        for outcome in batch:
+            metrics.DELIVERIES.labels(outcome.state.value).inc()
+            if outcome.state.is_final:
+                self.bodies.drop(outcome.queue_id)
+            log.info("%s %s %s: %s", outcome.queue_id, outcome.recipient, outcome.state.value,
+                     outcome.reply)
+
+    async def _drain(self, writer: asyncio.Task[None], grace: float = 10.0) -> None:
+        if self._in_flight:
+            _, pending = await asyncio.wait(set(self._in_flight), timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
+        await self._flush()
+        try:
+            await self.db.write(lambda c: queue_store.release_claims(c, self.node))
+        except StorageError as exc:
+            log.error("cannot release claims at shutdown: %s", exc)
+
+    async def _report_queue(self, interval: float = 5.0) -> None:
+        while True:
+            try:
+                counts = await self.db.read(queue_store.count_pending)
+                oldest = await self.db.read(queue_store.next_due)
+            except StorageError:
+                counts, oldest = {}, None
+            for state in PENDING_STATES:
+                metrics.QUEUE_DELIVERIES.labels(state.value).set(counts.get(state.value, 0))
+            overdue = (self.clock() - oldest).total_seconds() if oldest else 0.0
+            metrics.OLDEST_QUEUED_SECONDS.set(max(overdue, 0.0))
+            await asyncio.sleep(interval)

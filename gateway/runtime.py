@@ -1,0 +1,152 @@
+"""Wiring: builds every part from the settings and runs them in one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway import metrics
+from gateway.config.loader import ConfigError, load_settings
+from gateway.config.policy import Policy, ProviderProfile, load_policy
+from gateway.config.schema import Settings
+from gateway.delivery.agent import DeliveryAgent, SessionLimits, Source
+from gateway.dns.resolver import MxResolver
+from gateway.queue.scheduler import Scheduler
+from gateway.queue.spool import BodyCache, Spool
+from gateway.records import AttemptResult, ClaimedDelivery
+from gateway.smtp.handler import IntakeHandler, IntakePolicy
+from gateway.smtp.limits import AuthLockout, ConnectionCounter
+from gateway.smtp.server import Listener, start_listeners
+from gateway.storage.database import Database
+from gateway.storage.migrate import current_revision_of, head_revision
+from gateway.web.admin import EmbeddedServer, admin_app, embedded_server
+
+log = logging.getLogger(__name__)
+
+
+class SchemaOutOfDate(RuntimeError):
+    """The database is not at the schema this version needs; `gateway db upgrade` fixes it."""
+
+
+def session_limits(profile: ProviderProfile) -> SessionLimits:
+    return SessionLimits(
+        connection_limit=profile.connection_limit,
+        max_deliveries_per_connection=profile.max_deliveries_per_connection,
+        connect_timeout=profile.connect_timeout, command_timeout=profile.command_timeout,
+        idle_close=profile.idle_close, tls=profile.tls)
+
+
+def sources_from(settings: Settings) -> list[Source]:
+    """Send from the pool named "default" (or the first pool); none = the OS's choice."""
+    pools = {pool.name: pool for pool in settings.pools}
+    pool = pools.get("default") or (settings.pools[0] if settings.pools else None)
+    if pool is None:
+        return [Source(None, settings.smtp.hostname)]
+    return [Source(str(ip.address), ip.helo) for ip in pool.ips]
+
+
+def resolver_from(settings: Settings) -> MxResolver:
+    return MxResolver(
+        nameservers=[(ns.host, ns.port) for ns in settings.dns.nameservers],
+        overrides={domain: [(e.host, e.port) for e in endpoints]
+                   for domain, endpoints in settings.dns.mx_overrides.items()},
+        timeout=settings.dns.timeout)
+
+
+class Gateway:
+    def __init__(self, settings: Settings, policy: Policy, *, node: str | None = None) -> None:
+        self.settings = settings
+        self.policy = policy
+        self.node = node or settings.storage.node_name or socket.gethostname()
+        self.db = Database(settings.storage.url)
+        bodies = BodyCache()
+        self.spool = Spool(self.db, bodies)
+        self.agent = DeliveryAgent(resolver_from(settings), sources_from(settings),
+                                   session_limits(policy.default))
+        self.scheduler = Scheduler(self.db, bodies, self._deliver, retry=policy.default.retry,
+                                   node=self.node)
+        self.spool.set_listener(self.scheduler.wake)
+        self.handler = IntakeHandler(
+            IntakePolicy.from_settings(settings.smtp, settings.bounce.domain), self.spool,
+            AuthLockout(settings.smtp.max_auth_failures, settings.smtp.auth_lockout))
+        self.connections = ConnectionCounter(settings.smtp.max_connections,
+                                             settings.smtp.max_connections_per_ip)
+        self.listeners: list[Listener] = []
+        self.admin: EmbeddedServer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.ready = False
+
+    async def _deliver(self, claim: ClaimedDelivery, body: bytes) -> AttemptResult:
+        return await self.agent.deliver(claim.mail_from, claim.recipient, claim.domain, body)
+
+    async def start(self) -> None:
+        await self._check_schema()
+        await self.db.start()
+        self._tasks.append(asyncio.create_task(self.scheduler.run(), name="scheduler"))
+        if self.settings.http.admin_listen is not None:
+            self.admin = embedded_server(admin_app(lambda: self.ready),
+                                         self.settings.http.admin_listen)
+            self._tasks.append(asyncio.create_task(self.admin.serve(), name="admin-http"))
+        self.listeners = await start_listeners(self.settings.smtp, self.handler, self.connections)
+        self.ready = True
+        log.info("gateway %s ready: SMTP on %s", self.node,
+                 ", ".join(f"{listener.endpoint.host}:{listener.port}" for listener in self.listeners))
+
+    async def _check_schema(self) -> None:
+        current = await current_revision_of(self.settings.storage.url)
+        head = head_revision()
+        if current != head:
+            raise SchemaOutOfDate(f"database schema is at {current or 'nothing'}, this version "
+                                  f"needs {head}: run `gateway db upgrade -c CONFIG` first")
+
+    def reload_policy(self, directory: Path) -> bool:
+        """Swap in edited policy files; a bad edit is refused and the running policy stays."""
+        try:
+            policy = load_policy(directory)
+        except ConfigError as exc:
+            metrics.CONFIG_RELOADS.labels("failure").inc()
+            log.error("policy reload refused, keeping the running policy:\n%s", exc)
+            return False
+        self.policy = policy
+        self.agent.update_limits(session_limits(policy.default))
+        self.scheduler.retry = policy.default.retry
+        metrics.CONFIG_RELOADS.labels("success").inc()
+        log.info("policy reloaded from %s", directory)
+        return True
+
+    async def stop(self) -> None:
+        self.ready = False
+        for listener in self.listeners:
+            listener.server.close()
+        await self.scheduler.stop()
+        if self.admin is not None:
+            self.admin.should_exit = True
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.agent.close()
+        await self.db.close()
+        log.info("gateway %s stopped", self.node)
+
+
+async def serve(config_paths: Sequence[Path]) -> None:
+    """Run until SIGTERM/SIGINT; SIGHUP reloads the policy files."""
+    settings = load_settings(config_paths)
+    policy = load_policy(settings.policy.dir)
+    gateway = Gateway(settings, policy)
+    try:
+        await gateway.start()
+    except BaseException:
+        await gateway.stop()
+        raise
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: gateway.reload_policy(settings.policy.dir))
+    try:
+        await stop.wait()
+    finally:
+        await gateway.stop()

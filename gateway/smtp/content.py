@@ -1,0 +1,81 @@
+"""Checks and edits on a message's raw bytes at end of DATA (pure).
+
+aiosmtpd splits DATA on CRLF only and keeps any bare CR, bare LF or NUL inside a
+line. Such bytes are how SMTP smuggling works ("\\n.\\n" read as end of data by a
+lenient server further on), so the gateway refuses them instead of passing them on.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from email.utils import format_datetime
+
+from gateway.smtp import replies
+from gateway.smtp.replies import Reply
+
+MAX_LINE = 998  # octets, without CRLF (RFC 5321 4.5.3.1.6)
+
+_BARE_LINE_ENDING = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+_LONG_LINE = re.compile(rb"[^\r\n]{%d}" % (MAX_LINE + 1))
+_HEADER_END = re.compile(rb"\r\n\r\n")
+_MESSAGE_ID = re.compile(rb"^message-id:[ \t]*((?:[^\r\n]|\r\n[ \t])*)", re.IGNORECASE | re.MULTILINE)
+
+
+def content_problem(data: bytes) -> Reply | None:
+    """The reply refusing ``data``, or None when it may be relayed."""
+    if b"\x00" in data:
+        return replies.NUL_IN_MESSAGE
+    if _BARE_LINE_ENDING.search(data):
+        return replies.BARE_LINE_ENDING
+    if _LONG_LINE.search(data):
+        return replies.LINE_TOO_LONG
+    return None
+
+
+def header_block(data: bytes) -> bytes:
+    """The header section (up to the first empty line), or all of it if there is none."""
+    if data.startswith(b"\r\n"):
+        return b""
+    match = _HEADER_END.search(data)
+    return data[: match.start() + 2] if match else data
+
+
+def message_id(headers: bytes) -> str | None:
+    match = _MESSAGE_ID.search(headers)
+    if match is None:
+        return None
+    value = re.sub(rb"\r\n[ \t]+", b" ", match.group(1)).strip()
+    return value.decode("utf-8", "replace")[:998] or None
+
+
+@dataclass(frozen=True)
+class TraceInfo:
+    """What the Received: header records about how a message came in (RFC 5321 4.4)."""
+
+    helo: str
+    client_ip: str
+    hostname: str
+    queue_id: str
+    tls: bool
+    authenticated: bool
+    received_at: datetime
+    recipient: str | None = None
+
+
+def received_header(info: TraceInfo) -> bytes:
+    protocol = "ESMTP" + ("S" if info.tls else "") + ("A" if info.authenticated else "")
+    helo = _printable(info.helo) or "unknown"
+    lines = [
+        f"Received: from {helo} ([{info.client_ip}])",
+        f"\tby {info.hostname} (smtp-gateway) with {protocol} id {info.queue_id}",
+    ]
+    if info.recipient:
+        lines.append(f"\tfor <{_printable(info.recipient)}>")
+    lines[-1] += f"; {format_datetime(info.received_at)}"
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+
+def _printable(text: str) -> str:
+    return "".join(ch for ch in text if ch.isprintable() and ch not in "()<>;")[:255]

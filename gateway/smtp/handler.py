@@ -1,0 +1,234 @@
+"""The intake's decisions at each SMTP command (aiosmtpd handler hooks).
+
+Order of checks follows the message's path in DESIGN.md: who may send (AUTH or
+an allowed network) at MAIL, where it may go (relay rules, limits, syntax) at
+RCPT, what it contains at end of DATA, then a durable commit before the 250.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from base64 import b64decode
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
+
+from gateway import metrics
+from gateway.config.schema import Account, SmtpSettings
+from gateway.queue.spool import Spool
+from gateway.records import InboundMessage, NewMessage, new_queue_id
+from gateway.smtp import replies
+from gateway.smtp.addresses import normalize_recipient, split_address
+from gateway.smtp.content import (
+    TraceInfo,
+    content_problem,
+    header_block,
+    message_id,
+    received_header,
+)
+from gateway.smtp.limits import AuthLockout
+from gateway.smtp.passwords import BadHash, VerifiedCache, verify_password
+from gateway.smtp.replies import Reply
+from gateway.storage.errors import StorageError
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+
+@dataclass
+class IntakePolicy:
+    """The slice of settings intake decides with, prepared once at start-up."""
+
+    hostname: str
+    bounce_domain: str
+    max_recipients: int
+    allowed_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]
+    accounts: dict[str, Account] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, smtp: SmtpSettings, bounce_domain: str) -> IntakePolicy:
+        return cls(hostname=smtp.hostname, bounce_domain=bounce_domain,
+                   max_recipients=smtp.max_recipients,
+                   allowed_networks=list(smtp.allowed_networks),
+                   accounts={a.username: a for a in smtp.accounts})
+
+    def trusted(self, ip: str) -> bool:
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(address in network for network in self.allowed_networks)
+
+
+def _peer_ip(session: Session) -> str:
+    peer = session.peer
+    return str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+
+
+class IntakeHandler:
+    def __init__(self, policy: IntakePolicy, spool: Spool, lockout: AuthLockout,
+                 clock: Clock = time.monotonic) -> None:
+        self.policy = policy
+        self.spool = spool
+        self.lockout = lockout
+        self.clock = clock
+        self.verified = VerifiedCache()
+
+    # -- authentication -------------------------------------------------
+    async def auth_PLAIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        raw: bytes | None
+        if len(args) == 1:
+            answer = await server.challenge_auth("")
+            if not isinstance(answer, bytes):
+                return AuthResult(success=False, handled=True)
+            raw = answer
+        else:
+            raw = _b64(args[1])
+        if raw is None:
+            return _refuse(replies.AUTH_BAD_BASE64)
+        parts = raw.split(b"\x00")
+        if len(parts) != 3:
+            return _refuse(replies.AUTH_BAD_PLAIN)
+        return await self._check_password(server, parts[1], parts[2])
+
+    async def auth_LOGIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        login: object = (await server.challenge_auth(server.AuthLoginUsernameChallenge)
+                         if len(args) == 1 else _b64(args[1]))
+        if not isinstance(login, bytes):
+            return (_refuse(replies.AUTH_BAD_BASE64) if login is None
+                    else AuthResult(success=False, handled=True))
+        password = await server.challenge_auth(server.AuthLoginPasswordChallenge)
+        if not isinstance(password, bytes):
+            return AuthResult(success=False, handled=True)
+        return await self._check_password(server, login, password)
+
+    async def _check_password(self, server: SMTP, login: bytes, password: bytes) -> AuthResult:
+        assert server.session is not None
+        ip = _peer_ip(server.session)
+        now = self.clock()
+        if self.lockout.locked(ip, now):
+            metrics.SMTP_AUTH.labels("locked_out").inc()
+            return _refuse(replies.AUTH_LOCKED_OUT)
+        account = self.policy.accounts.get(login.decode("utf-8", "replace"))
+        if account is not None and await self._password_matches(account, password, now):
+            self.lockout.success(ip)
+            metrics.SMTP_AUTH.labels("success").inc()
+            return AuthResult(success=True, auth_data=account, message=str(replies.AUTH_OK))
+        metrics.SMTP_AUTH.labels("failure").inc()
+        if self.lockout.failure(ip, now):
+            log.warning("AUTH lockout for %s after repeated failures", ip)
+        return _refuse(replies.AUTH_FAILED)
+
+    async def _password_matches(self, account: Account, password: bytes, now: float) -> bool:
+        if self.verified.known(account.password_hash, password, now):
+            return True
+        try:
+            # scrypt takes tens of milliseconds: keep it off the event loop.
+            ok = await asyncio.to_thread(verify_password, password, account.password_hash)
+        except BadHash:
+            log.error("account %s has an unusable password_hash", account.username)
+            return False
+        if ok:
+            self.verified.remember(account.password_hash, password, now)
+        return ok
+
+    # -- envelope -------------------------------------------------------
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, mail_options: list[str]) -> str:
+        account = session.auth_data if isinstance(session.auth_data, Account) else None
+        if address and split_address(address) is None:
+            return self._refuse(replies.BAD_SENDER_SYNTAX)
+        if account is not None and address:
+            domain = address.rpartition("@")[2].lower()
+            if domain not in account.allowed_from_domains:
+                return self._refuse(replies.SENDER_NOT_ALLOWED, sender=address)
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return str(replies.SENDER_OK)
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        if len(envelope.rcpt_tos) >= self.policy.max_recipients:
+            return self._refuse(replies.TOO_MANY_RECIPIENTS)
+        recipient = normalize_recipient(address)
+        if recipient is None:
+            return self._refuse(replies.BAD_RECIPIENT_SYNTAX)
+        inbound = recipient.rpartition("@")[2] == self.policy.bounce_domain
+        if not inbound and not (session.authenticated or self.policy.trusted(_peer_ip(session))):
+            return self._refuse(replies.AUTH_REQUIRED)
+        envelope.rcpt_tos.append(recipient)
+        envelope.rcpt_options.extend(rcpt_options)
+        return str(replies.RECIPIENT_OK)
+
+    # -- content --------------------------------------------------------
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        data = envelope.original_content or b""
+        problem = content_problem(data)
+        if problem is not None:
+            return self._refuse(problem)
+        now = datetime.now(UTC)
+        outbound = [r for r in envelope.rcpt_tos if r.rpartition("@")[2] != self.policy.bounce_domain]
+        inbound = [r for r in envelope.rcpt_tos if r not in outbound]
+        queue_id = new_queue_id(now)
+        try:
+            if inbound:
+                await self._store_inbound(session, envelope, data, inbound, now)
+            if outbound:
+                await self._store_outbound(server, session, envelope, data, outbound, queue_id, now)
+        except StorageError as exc:
+            log.error("storage failure at end of DATA from %s: %s", _peer_ip(session), exc)
+            return self._refuse(replies.STORAGE_FAILURE)
+        return replies.QUEUED.format(queue_id=queue_id)
+
+    async def _store_outbound(self, server: SMTP, session: Session, envelope: Envelope,
+                              data: bytes, recipients: list[str], queue_id: str,
+                              now: datetime) -> None:
+        account = session.auth_data if isinstance(session.auth_data, Account) else None
+        trace = TraceInfo(helo=session.host_name or "", client_ip=_peer_ip(session),
+                          hostname=self.policy.hostname, queue_id=queue_id,
+                          tls=session.ssl is not None, authenticated=account is not None,
+                          received_at=now, recipient=recipients[0] if len(recipients) == 1 else None)
+        await self.spool.store(NewMessage(
+            queue_id=queue_id, received_at=now, mail_from=envelope.mail_from or "",
+            recipients=tuple(recipients), body=received_header(trace) + data,
+            client_ip=_peer_ip(session), helo=session.host_name or "",
+            account=account.username if account else None,
+            header_message_id=message_id(header_block(data))))
+        metrics.MESSAGES_RECEIVED.inc()
+        metrics.RECIPIENTS_RECEIVED.inc(len(recipients))
+
+    async def _store_inbound(self, session: Session, envelope: Envelope, data: bytes,
+                             recipients: list[str], now: datetime) -> None:
+        await self.spool.store_inbound(InboundMessage(
+            received_at=now, mail_from=envelope.mail_from or "", recipients=tuple(recipients),
+            body=data, client_ip=_peer_ip(session)))
+        metrics.INBOUND_RECEIVED.inc()
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.exception("unexpected error in SMTP session", exc_info=error)
+        return str(replies.LOCAL_ERROR)
+
+    @staticmethod
+    def _refuse(reply: Reply, **values: str) -> str:
+        metrics.SMTP_REFUSALS.labels(reply.name).inc()
+        return reply.format(**values) if values else str(reply)
+
+
+def _refuse(reply: Reply) -> AuthResult:
+    return AuthResult(success=False, handled=False, message=str(reply))
+
+
+def _b64(text: str) -> bytes | None:
+    try:
+        return b64decode(text.encode("ascii"), validate=True)
+    except (ValueError, UnicodeEncodeError):
+        return None
+
+
+__all__ = ["IntakeHandler", "IntakePolicy"]

@@ -1,0 +1,274 @@
+"""Queue persistence: every SQL statement that intake, the scheduler and the CLI need.
+
+Each function takes an open connection so callers decide the transaction: intake and
+the scheduler go through ``Database.write`` (group commit), the CLI through
+``Database.read`` or its own short transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, exists, func, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.records import (
+    PENDING_STATES,
+    ClaimedDelivery,
+    DeliveryState,
+    InboundMessage,
+    NewMessage,
+    Outcome,
+)
+from gateway.storage.tables import deliveries, events, inbound, messages
+
+_PENDING = [s.value for s in PENDING_STATES]
+
+
+def recipient_domain(address: str) -> str:
+    return address.rpartition("@")[2].lower()
+
+
+async def insert_message(conn: AsyncConnection, message: NewMessage) -> None:
+    await conn.execute(insert(messages), [{
+        "queue_id": message.queue_id,
+        "received_at": message.received_at,
+        "mail_from": message.mail_from,
+        "account": message.account,
+        "client_ip": message.client_ip,
+        "helo": message.helo,
+        "header_message_id": message.header_message_id,
+        "size": len(message.body),
+        "recipient_count": len(message.recipients),
+        "body": message.body,
+    }])
+    await conn.execute(insert(deliveries), [{
+        "queue_id": message.queue_id,
+        "recipient": recipient,
+        "domain": recipient_domain(recipient),
+        "state": DeliveryState.QUEUED.value,
+        "attempts": 0,
+        "next_attempt_at": message.received_at,
+        "updated_at": message.received_at,
+    } for recipient in message.recipients])
+
+
+async def insert_inbound(conn: AsyncConnection, message: InboundMessage) -> None:
+    await conn.execute(insert(inbound), [{
+        "received_at": message.received_at,
+        "mail_from": message.mail_from,
+        "recipients": "\n".join(message.recipients),
+        "client_ip": message.client_ip,
+        "body": message.body,
+        "state": "new",
+    }])
+
+
+async def claim_due(conn: AsyncConnection, *, node: str, now: datetime,
+                    lease_until: datetime, limit: int) -> list[ClaimedDelivery]:
+    """Lease up to ``limit`` due deliveries to ``node``; other nodes skip leased rows."""
+    due = (
+        select(deliveries.c.id)
+        .where(deliveries.c.state.in_(_PENDING), deliveries.c.next_attempt_at <= now,
+               or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until < now))
+        .order_by(deliveries.c.next_attempt_at)
+        .limit(limit)
+    )
+    if conn.dialect.name == "postgresql":
+        due = due.with_for_update(skip_locked=True)
+    claimed = await conn.execute(
+        update(deliveries)
+        .where(deliveries.c.id.in_(due.scalar_subquery()))
+        .values(claimed_by=node, lease_until=lease_until)
+        .returning(deliveries.c.id)
+    )
+    ids = [row[0] for row in claimed]
+    if not ids:
+        return []
+    rows = await conn.execute(
+        select(deliveries.c.id, deliveries.c.queue_id, deliveries.c.recipient,
+               deliveries.c.domain, deliveries.c.attempts, messages.c.mail_from,
+               messages.c.received_at)
+        .join(messages, messages.c.queue_id == deliveries.c.queue_id)
+        .where(deliveries.c.id.in_(ids))
+        .order_by(deliveries.c.id)
+    )
+    return [ClaimedDelivery(delivery_id=r.id, queue_id=r.queue_id, recipient=r.recipient,
+                            domain=r.domain, mail_from=r.mail_from, attempts=r.attempts,
+                            received_at=r.received_at) for r in rows]
+
+
+async def load_bodies(conn: AsyncConnection, queue_ids: Iterable[str]) -> dict[str, bytes]:
+    rows = await conn.execute(
+        select(messages.c.queue_id, messages.c.body).where(messages.c.queue_id.in_(set(queue_ids)))
+    )
+    return {row.queue_id: row.body for row in rows if row.body is not None}
+
+
+async def record_outcomes(conn: AsyncConnection, node: str, outcomes: Sequence[Outcome]) -> int:
+    """Apply attempt results; a row whose lease moved to another node is left alone."""
+    if not outcomes:
+        return 0
+    result = await conn.execute(
+        update(deliveries)
+        .where(deliveries.c.id == bindparam("b_id"), deliveries.c.claimed_by == node)
+        .values(state=bindparam("b_state"), attempts=deliveries.c.attempts + 1,
+                next_attempt_at=func.coalesce(bindparam("b_next", type_=deliveries.c.next_attempt_at.type),
+                                              deliveries.c.next_attempt_at),
+                last_reply=bindparam("b_reply"), updated_at=bindparam("b_at"),
+                claimed_by=None, lease_until=None)
+        .execution_options(synchronize_session=False),
+        [{"b_id": o.delivery_id, "b_state": o.state.value, "b_next": o.next_attempt_at,
+          "b_reply": o.reply, "b_at": o.at} for o in outcomes],
+    )
+    await conn.execute(insert(events), [_event_row(o) for o in outcomes])
+    await _drop_finished_bodies(conn, {o.queue_id for o in outcomes if o.state.is_final})
+    return int(result.rowcount or 0)
+
+
+def _event_row(outcome: Outcome) -> dict[str, Any]:
+    return {"at": outcome.at, "kind": outcome.state.value, "queue_id": outcome.queue_id,
+            "delivery_id": outcome.delivery_id, "recipient": outcome.recipient,
+            "reply": outcome.reply, "remote": outcome.remote, "source_ip": outcome.source_ip}
+
+
+async def _drop_finished_bodies(conn: AsyncConnection, queue_ids: set[str]) -> None:
+    if not queue_ids:
+        return
+    still_pending = exists().where(deliveries.c.queue_id == messages.c.queue_id,
+                                   deliveries.c.state.in_(_PENDING))
+    await conn.execute(update(messages)
+                       .where(messages.c.queue_id.in_(queue_ids), ~still_pending)
+                       .values(body=None))
+
+
+async def release_claims(conn: AsyncConnection, node: str) -> int:
+    """Forget this node's leases (after a restart its in-flight attempts are gone)."""
+    result = await conn.execute(update(deliveries).where(deliveries.c.claimed_by == node)
+                                .values(claimed_by=None, lease_until=None))
+    return int(result.rowcount or 0)
+
+
+async def next_due(conn: AsyncConnection) -> datetime | None:
+    row = await conn.execute(select(func.min(deliveries.c.next_attempt_at))
+                             .where(deliveries.c.state.in_(_PENDING)))
+    value = row.scalar()
+    return value if isinstance(value, datetime) else None
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    delivery_id: int
+    queue_id: str
+    recipient: str
+    state: str
+    attempts: int
+    next_attempt_at: datetime
+    received_at: datetime
+    mail_from: str
+    last_reply: str | None
+
+
+async def list_pending(conn: AsyncConnection, *, domain: str | None = None,
+                       limit: int = 100) -> list[QueueEntry]:
+    query = (
+        select(deliveries, messages.c.received_at, messages.c.mail_from)
+        .join(messages, messages.c.queue_id == deliveries.c.queue_id)
+        .where(deliveries.c.state.in_(_PENDING))
+        .order_by(deliveries.c.next_attempt_at)
+        .limit(limit)
+    )
+    if domain:
+        query = query.where(deliveries.c.domain == domain.lower())
+    rows = await conn.execute(query)
+    return [QueueEntry(r.id, r.queue_id, r.recipient, r.state, r.attempts, r.next_attempt_at,
+                       r.received_at, r.mail_from, r.last_reply) for r in rows]
+
+
+async def count_pending(conn: AsyncConnection) -> dict[str, int]:
+    """Pending deliveries by state (an index range; final states are counted by metrics)."""
+    rows = await conn.execute(select(deliveries.c.state, func.count())
+                              .where(deliveries.c.state.in_(_PENDING))
+                              .group_by(deliveries.c.state))
+    return {row[0]: int(row[1]) for row in rows}
+
+
+async def retry_now(conn: AsyncConnection, now: datetime, *, queue_id: str | None = None,
+                    domain: str | None = None) -> int:
+    """Make pending deliveries due immediately (``gateway queue retry``)."""
+    query = update(deliveries).where(deliveries.c.state.in_(_PENDING)).values(next_attempt_at=now)
+    if queue_id:
+        query = query.where(deliveries.c.queue_id == queue_id)
+    if domain:
+        query = query.where(deliveries.c.domain == domain.lower())
+    result = await conn.execute(query)
+    return int(result.rowcount or 0)
+
+
+async def purge(conn: AsyncConnection, now: datetime, *, queue_id: str | None = None,
+                domain: str | None = None) -> int:
+    """Give up on pending deliveries: they become ``expired`` with an event saying so."""
+    query = select(deliveries.c.id, deliveries.c.queue_id, deliveries.c.recipient).where(
+        deliveries.c.state.in_(_PENDING), deliveries.c.claimed_by.is_(None))
+    if queue_id:
+        query = query.where(deliveries.c.queue_id == queue_id)
+    if domain:
+        query = query.where(deliveries.c.domain == domain.lower())
+    rows = list(await conn.execute(query))
+    if not rows:
+        return 0
+    await conn.execute(
+        update(deliveries).where(deliveries.c.id.in_([r.id for r in rows]))
+        .values(state=DeliveryState.EXPIRED.value, last_reply="purged by operator", updated_at=now)
+    )
+    await conn.execute(insert(events), [
+        {"at": now, "kind": DeliveryState.EXPIRED.value, "queue_id": r.queue_id,
+         "delivery_id": r.id, "recipient": r.recipient, "reply": "purged by operator"}
+        for r in rows])
+    await _drop_finished_bodies(conn, {r.queue_id for r in rows})
+    return len(rows)
+
+
+@dataclass(frozen=True)
+class TraceRow:
+    at: datetime
+    queue_id: str
+    recipient: str | None
+    kind: str
+    detail: str
+
+
+async def trace(conn: AsyncConnection, key: str, limit: int = 200) -> list[TraceRow]:
+    """Every recorded step for a queue id, a Message-ID header or a recipient address."""
+    key = key.strip()
+    bare = key.strip("<>")
+    matching = select(messages.c.queue_id).where(or_(
+        messages.c.queue_id == key.upper(),
+        messages.c.header_message_id.in_([bare, f"<{bare}>"]),
+    ))
+    by_recipient = deliveries.c.recipient == key if "@" in key and "<" not in key else None
+    queue_ids = {row[0] for row in await conn.execute(matching)}
+    if by_recipient is not None:
+        queue_ids |= {row[0] for row in await conn.execute(
+            select(deliveries.c.queue_id).where(by_recipient).limit(limit))}
+    if not queue_ids:
+        return []
+    received = await conn.execute(
+        select(messages.c.queue_id, messages.c.received_at, messages.c.mail_from,
+               messages.c.client_ip, messages.c.recipient_count, messages.c.header_message_id)
+        .where(messages.c.queue_id.in_(queue_ids)))
+    out = [TraceRow(r.received_at, r.queue_id, None, "received",
+                    f"from <{r.mail_from}> client {r.client_ip}, {r.recipient_count} recipient(s), "
+                    f"Message-ID {r.header_message_id or '(none)'}") for r in received]
+    event_query = select(events).where(events.c.queue_id.in_(queue_ids))
+    if by_recipient is not None:
+        event_query = event_query.where(events.c.recipient == key)
+    for e in await conn.execute(event_query.order_by(events.c.id).limit(limit)):
+        where = f" via {e.remote}" if e.remote else ""
+        source = f" from {e.source_ip}" if e.source_ip else ""
+        out.append(TraceRow(e.at, e.queue_id, e.recipient, e.kind, f"{e.reply}{where}{source}"))
+    out.sort(key=lambda row: (row.at, row.kind != "received"))
+    return out

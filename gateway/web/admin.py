@@ -1,0 +1,42 @@
+"""The admin HTTP listener: Prometheus /metrics and a health check."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import uvicorn
+from fastapi import FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway.config.units import HostPort
+
+
+def admin_app(healthy: Callable[[], bool]) -> FastAPI:
+    app = FastAPI(title="smtp-gateway admin", docs_url=None, redoc_url=None)
+
+    @app.get("/metrics")
+    def prometheus_metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/healthz")
+    def health() -> Response:
+        ok = healthy()
+        return Response("ok\n" if ok else "starting or stopping\n", status_code=200 if ok else 503,
+                        media_type="text/plain")
+
+    return app
+
+
+class EmbeddedServer(uvicorn.Server):
+    """uvicorn inside the gateway's own event loop; the gateway owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def embedded_server(app: FastAPI, endpoint: HostPort) -> EmbeddedServer:
+    config = uvicorn.Config(app, host=endpoint.host, port=endpoint.port, log_level="warning",
+                            access_log=False, lifespan="off")
+    return EmbeddedServer(config)

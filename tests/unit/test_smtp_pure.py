@@ -1,0 +1,116 @@
+"""Reply table, content checks, address syntax, passwords and admission limits."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from gateway.smtp import replies
+from gateway.smtp.addresses import normalize_recipient
+from gateway.smtp.content import TraceInfo, content_problem, header_block, message_id, received_header
+from gateway.smtp.limits import AuthLockout, ConnectionCounter
+from gateway.smtp.passwords import BadHash, VerifiedCache, hash_password, verify_password
+
+
+def test_reply_rendering_and_names() -> None:
+    assert str(replies.STORAGE_FAILURE) == "451 4.3.0 temporary storage failure, try again"
+    assert replies.QUEUED.format(queue_id="X1") == "250 2.0.0 queued as X1"
+    assert replies.TOO_MANY_RECIPIENTS.name == "too_many_recipients"
+
+
+def test_aiosmtpd_replies_are_translated_into_the_table() -> None:
+    assert replies.translate("552 Error: Too much mail data") == "552 5.3.4 message too big"
+    assert replies.translate("500 Line too long (see RFC5321 4.5.3.1.6)").startswith("500 5.5.2")
+    assert replies.translate("500 Error: command \"FOO\" not recognized") == "500 5.5.2 syntax error"
+    assert replies.translate("250 OK") == "250 OK"
+
+
+@pytest.mark.parametrize("payload", [
+    b"Subject: x\r\n\r\nhello\n.\nMAIL FROM:<evil@x>\r\n",
+    b"Subject: x\r\n\r\nhello\r.\rRCPT TO:<y@z>\r\n",
+    b"Subject: x\r\n\r\nhello\n.\r\nDATA\r\n",
+    b"Subject: x\r\n\r\nhello\r\n.\rQUIT\r\n",
+    b"Subject: x\nbody\r\n",
+])
+def test_bare_line_endings_are_refused(payload: bytes) -> None:
+    assert content_problem(payload) is replies.BARE_LINE_ENDING
+
+
+def test_nul_and_long_lines_refused_clean_mail_passes() -> None:
+    assert content_problem(b"Subject: a\r\n\r\nx\x00y\r\n") is replies.NUL_IN_MESSAGE
+    assert content_problem(b"Subject: a\r\n\r\n" + b"a" * 999 + b"\r\n") is replies.LINE_TOO_LONG
+    assert content_problem(b"Subject: a\r\n\r\n" + b"a" * 998 + b"\r\n") is None
+    assert content_problem("Subject: é\r\n\r\nüñí\r\n".encode()) is None
+
+
+def test_header_parsing() -> None:
+    data = b"From: a@b.example\r\nMessage-ID:\r\n <abc@host.example>\r\n\r\nMessage-ID: <body@x>\r\n"
+    headers = header_block(data)
+    assert headers.endswith(b"<abc@host.example>\r\n")
+    assert message_id(headers) == "<abc@host.example>"
+    assert message_id(b"Subject: none\r\n") is None
+
+
+def test_received_header() -> None:
+    info = TraceInfo(helo="client.example (evil)", client_ip="127.0.0.1", hostname="gw.example.com",
+                     queue_id="Q1", tls=True, authenticated=True,
+                     received_at=datetime(2026, 11, 24, 7, 0, tzinfo=UTC), recipient="a@b.example")
+    header = received_header(info).decode()
+    assert header.startswith("Received: from client.example evil ([127.0.0.1])\r\n\tby gw.example.com")
+    assert "with ESMTPSA id Q1" in header and "for <a@b.example>; Tue, 24 Nov 2026 07:00:00 +0000" in header
+    assert content_problem(received_header(info)) is None
+
+
+@pytest.mark.parametrize(("address", "expected"), [
+    ("User@Example.COM", "User@example.com"),
+    ("josé@bücher.example", "josé@xn--bcher-kva.example"),
+    ("a" * 65 + "@example.com", None),
+    ("nodomain", None),
+    ("a@localhost", None),
+    ("a@bad_domain!.com", None),
+    ("@example.com", None),
+])
+def test_recipient_syntax(address: str, expected: str | None) -> None:
+    assert normalize_recipient(address) == expected
+
+
+def test_password_hash_round_trip() -> None:
+    encoded = hash_password("correct horse", n=2**10)
+    assert encoded.startswith("scrypt$1024$8$1$")
+    assert verify_password("correct horse", encoded)
+    assert not verify_password("wrong horse", encoded)
+    with pytest.raises(BadHash):
+        verify_password("x", "scrypt$abc")
+
+
+def test_verified_cache_expires() -> None:
+    cache = VerifiedCache(ttl=10)
+    cache.remember("h", b"pw", now=100)
+    assert cache.known("h", b"pw", now=105)
+    assert not cache.known("h", b"other", now=105)
+    assert not cache.known("h", b"pw", now=111)
+
+
+def test_connection_counter_limits_per_ip_and_total() -> None:
+    counter = ConnectionCounter(max_total=3, max_per_ip=2)
+    assert counter.open("10.0.0.1") is None
+    assert counter.open("10.0.0.1") is None
+    assert counter.open("10.0.0.1") is replies.TOO_MANY_CONNECTIONS_FROM_IP
+    assert counter.open("10.0.0.2") is None
+    assert counter.open("10.0.0.3") is replies.TOO_MANY_CONNECTIONS
+    counter.close("10.0.0.1")
+    assert counter.open("10.0.0.3") is None
+
+
+def test_auth_lockout_doubles_and_success_clears() -> None:
+    lockout = AuthLockout(max_failures=3, base_lockout=60)
+    assert not lockout.failure("ip", now=0)
+    assert not lockout.failure("ip", now=1)
+    assert lockout.failure("ip", now=2)
+    assert lockout.locked("ip", now=61) and not lockout.locked("ip", now=62.5)
+    for t in (100, 101, 102):
+        lockout.failure("ip", now=t)
+    assert lockout.locked("ip", now=221) and not lockout.locked("ip", now=223)
+    lockout.success("ip")
+    assert not lockout.locked("ip", now=103)
