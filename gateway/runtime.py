@@ -54,7 +54,7 @@ def resolver_from(settings: Settings) -> MxResolver:
         nameservers=[(ns.host, ns.port) for ns in settings.dns.nameservers],
         overrides={domain: [(e.host, e.port) for e in endpoints]
                    for domain, endpoints in settings.dns.mx_overrides.items()},
-        timeout=settings.dns.timeout)
+        timeout=settings.dns.timeout, mx_port=settings.dns.mx_port)
 
 
 class Gateway:

@@ -149,9 +149,21 @@ class StorageSettings(Strict):
         return value
 
 
+def _endpoint_or_off(value: object) -> HostPort | None:
+    """TOML has no null: "off" (or "") switches a listener off."""
+    if value is None or isinstance(value, HostPort):
+        return value
+    if isinstance(value, str) and value.strip().lower() in {"", "off"}:
+        return None
+    return parse_host_port(value) if isinstance(value, str) else parse_host_port("")
+
+
+OptionalEndpoint = Annotated[HostPort | None, BeforeValidator(_endpoint_or_off)]
+
+
 class HttpSettings(Strict):
-    admin_listen: Endpoint | None = Field(default_factory=lambda: parse_host_port("127.0.0.1:8025"))
-    public_listen: Endpoint | None = Field(default_factory=lambda: parse_host_port("127.0.0.1:8080"))
+    admin_listen: OptionalEndpoint = Field(default_factory=lambda: parse_host_port("127.0.0.1:8025"))
+    public_listen: OptionalEndpoint = Field(default_factory=lambda: parse_host_port("127.0.0.1:8080"))
     public_url: str = "http://127.0.0.1:8080"
 
 
@@ -159,6 +171,9 @@ class DnsSettings(Strict):
     nameservers: list[Port53Endpoint] = Field(default_factory=list)
     mx_overrides: dict[DomainName, list[Port25Endpoint]] = Field(default_factory=dict)
     timeout: Duration = Field(default=5.0, gt=0)
+    # Port for hosts found through MX or A lookups (overrides carry their own). Tests and
+    # sandboxes change it; on the Internet it is 25.
+    mx_port: int = Field(default=25, ge=1, le=65535)
 
 
 class BounceSettings(Strict):

@@ -37,6 +37,8 @@ class Source:
 
 @dataclass(frozen=True)
 class SessionLimits:
+    """Per-destination-domain limits; per source IP per provider arrives with shaping."""
+
     connection_limit: int = 10
     max_deliveries_per_connection: int = 100
     connect_timeout: float = 30.0

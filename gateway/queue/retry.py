@@ -1,8 +1,9 @@
 """When to try a deferred delivery again, and when to give up (pure).
 
-The default mirrors Postfix (minimal_backoff_time 300s, maximal_backoff_time 4000s
-rounded to 4h here, maximal_queue_lifetime 5d): waits double from the first retry
-up to a cap, and a delivery that still fails after ``max_age`` in the queue expires.
+The default follows Postfix's shape (first retry after minimal_backoff_time 300s,
+give up after maximal_queue_lifetime 5d) with a 4h cap on the wait instead of
+Postfix's 4000s, to spare receivers that are down for days: waits double from the
+first retry up to the cap, and a delivery still failing after ``max_age`` expires.
 """
 
 from __future__ import annotations

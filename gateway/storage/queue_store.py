@@ -110,23 +110,28 @@ async def load_bodies(conn: AsyncConnection, queue_ids: Iterable[str]) -> dict[s
 
 async def record_outcomes(conn: AsyncConnection, node: str, outcomes: Sequence[Outcome]) -> int:
     """Apply attempt results; a row whose lease moved to another node is left alone."""
-    if not outcomes:
+    owned_query = select(deliveries.c.id).where(
+        deliveries.c.id.in_([o.delivery_id for o in outcomes]), deliveries.c.claimed_by == node)
+    if conn.dialect.name == "postgresql":
+        owned_query = owned_query.with_for_update()
+    owned = {row[0] for row in await conn.execute(owned_query)} if outcomes else set()
+    applied = [o for o in outcomes if o.delivery_id in owned]
+    if not applied:
         return 0
-    result = await conn.execute(
+    next_at = bindparam("b_next", type_=deliveries.c.next_attempt_at.type)
+    await conn.execute(
         update(deliveries)
-        .where(deliveries.c.id == bindparam("b_id"), deliveries.c.claimed_by == node)
+        .where(deliveries.c.id == bindparam("b_id"))
         .values(state=bindparam("b_state"), attempts=deliveries.c.attempts + 1,
-                next_attempt_at=func.coalesce(bindparam("b_next", type_=deliveries.c.next_attempt_at.type),
-                                              deliveries.c.next_attempt_at),
+                next_attempt_at=func.coalesce(next_at, deliveries.c.next_attempt_at),
                 last_reply=bindparam("b_reply"), updated_at=bindparam("b_at"),
-                claimed_by=None, lease_until=None)
-        .execution_options(synchronize_session=False),
+                claimed_by=None, lease_until=None),
         [{"b_id": o.delivery_id, "b_state": o.state.value, "b_next": o.next_attempt_at,
-          "b_reply": o.reply, "b_at": o.at} for o in outcomes],
+          "b_reply": o.reply, "b_at": o.at} for o in applied],
     )
-    await conn.execute(insert(events), [_event_row(o) for o in outcomes])
-    await _drop_finished_bodies(conn, {o.queue_id for o in outcomes if o.state.is_final})
-    return int(result.rowcount or 0)
+    await conn.execute(insert(events), [_event_row(o) for o in applied])
+    await _drop_finished_bodies(conn, {o.queue_id for o in applied if o.state.is_final})
+    return len(applied)
 
 
 def _event_row(outcome: Outcome) -> dict[str, Any]:

@@ -1,0 +1,74 @@
+"""An in-process gateway on loopback, with a sink MX found through a loopback DNS server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.config.loader import merge
+from gateway.config.policy import Policy
+from gateway.config.schema import Settings
+from gateway.runtime import Gateway
+from gateway.sandbox.dnsserver import LoopbackDnsServer
+from gateway.sandbox.sink import SinkServer
+from gateway.storage.migrate import upgrade
+
+SINK_IP = "127.0.1.5"
+DNS_IP = "127.0.0.53"
+
+
+@dataclass
+class Running:
+    gateway: Gateway
+    sink: SinkServer
+    dns: LoopbackDnsServer
+
+    @property
+    def port(self) -> int:
+        return self.gateway.listeners[0].port
+
+    def port_of(self, kind: str) -> int:
+        return next(listener.port for listener in self.gateway.listeners if listener.kind == kind)
+
+
+StartGateway = Callable[..., Any]
+
+
+@pytest.fixture
+async def start_gateway(tmp_path: Path) -> AsyncIterator[StartGateway]:
+    """Start a gateway; keyword ``settings`` overlays the defaults below, ``policy`` the retry policy."""
+    started: list[Running] = []
+    sink = SinkServer(SINK_IP, 0)
+    await sink.start()
+    dns = LoopbackDnsServer({("example.net", "MX"): ["10 mx.example.net."],
+                             ("mx.example.net", "A"): [SINK_IP]}, host=DNS_IP, port=0)
+    await dns.start()
+
+    async def start(settings: dict[str, Any] | None = None,
+                    policy: dict[str, Any] | None = None) -> Running:
+        base: dict[str, Any] = {
+            "smtp": {"listen": ["127.0.0.1:0"], "hostname": "gw.example.com"},
+            "storage": {"url": f"sqlite:///{tmp_path}/gateway.db", "node_name": "test-node"},
+            "http": {"admin_listen": None},
+            "dns": {"nameservers": [f"{DNS_IP}:{dns.port}"], "timeout": "2s", "mx_port": sink.port},
+            "bounce": {"domain": "bounces.example.com"},
+            "pools": [{"name": "default", "ips": [{"address": "127.0.0.10", "helo": "mta1.example.com"}]}],
+        }
+        config = Settings.model_validate(merge(base, settings or {}))
+        profile = {"retry_first": "1s", "retry_max": "2s", "idle_close": "1s", **(policy or {})}
+        await upgrade(config.storage.url)
+        gateway = Gateway(config, Policy.model_validate({"providers": {"default": profile}}))
+        await gateway.start()
+        running = Running(gateway, sink, dns)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        await running.gateway.stop()
+    await dns.stop()
+    await sink.stop()

@@ -1,0 +1,125 @@
+"""Queue storage on SQLite and PostgreSQL: migrations, group commit, leases, failures."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.queue.retry import RetrySchedule
+from gateway.queue.scheduler import outcome_for
+from gateway.records import AttemptResult, DeliveryState, NewMessage, new_queue_id
+from gateway.storage import queue_store
+from gateway.storage.database import Database
+from gateway.storage.errors import StorageError
+from gateway.storage.tables import metadata
+
+T0 = datetime(2026, 11, 24, 8, 0, tzinfo=UTC)
+
+
+def _message(n: int, recipients: tuple[str, ...] = ("a@one.example", "b@two.example")) -> NewMessage:
+    return NewMessage(queue_id=new_queue_id(T0 + timedelta(milliseconds=n)), received_at=T0,
+                      mail_from="sender@example.com", recipients=recipients,
+                      body=b"Subject: %d\r\n\r\nhi\r\n" % n, client_ip="127.0.0.1", helo="client",
+                      header_message_id=f"<{n}@example.com>")
+
+
+async def test_migrations_match_the_table_definitions(db_url: str) -> None:
+    db = Database(db_url)
+    async with db.engine.connect() as conn:
+        diff = await conn.run_sync(lambda sync: compare_metadata(MigrationContext.configure(sync), metadata))
+    await db.close()
+    assert diff == []
+
+
+async def test_group_commit_stores_all_concurrent_writes(db_url: str) -> None:
+    db = Database(db_url)
+    await db.start()
+    messages = [_message(n) for n in range(60)]
+    await asyncio.gather(*(db.write(lambda c, m=m: queue_store.insert_message(c, m)) for m in messages))
+    counts = await db.read(queue_store.count_pending)
+    await db.close()
+    assert counts == {"queued": 120}
+
+
+async def test_one_failing_write_does_not_fail_its_neighbours(db_url: str) -> None:
+    db = Database(db_url)
+    await db.start()
+    good = [_message(n) for n in range(5)]
+    duplicate = good[0]  # same primary key: this one write must fail alone
+
+    async def store(message: NewMessage) -> None:
+        await db.write(lambda c: queue_store.insert_message(c, message))
+
+    results = await asyncio.gather(*(store(m) for m in [*good, duplicate]), return_exceptions=True)
+    counts = await db.read(queue_store.count_pending)
+    await db.close()
+    assert [isinstance(r, StorageError) for r in results] == [False] * 5 + [True]
+    assert counts == {"queued": 10}
+
+
+async def test_claims_are_leases_and_outcomes_are_fenced(db_url: str) -> None:
+    db = Database(db_url)
+    await db.start()
+    await db.write(lambda c: queue_store.insert_message(c, _message(1)))
+    lease = T0 + timedelta(minutes=15)
+    first = await db.write(lambda c: queue_store.claim_due(c, node="n1", now=T0, lease_until=lease, limit=10))
+    second = await db.write(lambda c: queue_store.claim_due(c, node="n2", now=T0, lease_until=lease, limit=10))
+    assert len(first) == 2 and second == []
+    # n2 cannot record an outcome for n1's lease.
+    stale = outcome_for(first[0], AttemptResult("delivered", "250 ok"), RetrySchedule(), T0)
+    assert await db.write(lambda c: queue_store.record_outcomes(c, "n2", [stale])) == 0
+    # After the lease expires another node may claim it.
+    later = T0 + timedelta(minutes=16)
+    third = await db.write(lambda c: queue_store.claim_due(c, node="n2", now=later,
+                                                           lease_until=later + timedelta(minutes=15), limit=10))
+    assert len(third) == 2
+    outcomes = [outcome_for(third[0], AttemptResult("delivered", "250 ok"), RetrySchedule(), later),
+                outcome_for(third[1], AttemptResult("transient", "451 busy"), RetrySchedule(), later)]
+    assert await db.write(lambda c: queue_store.record_outcomes(c, "n2", outcomes)) == 2
+    assert await db.read(queue_store.count_pending) == {"deferred": 1}
+    assert await db.write(lambda c: queue_store.release_claims(c, "n2")) == 0
+    trail = await db.read(lambda c: queue_store.trace(c, "a@one.example"))
+    await db.close()
+    assert [row.kind for row in trail] == ["received", DeliveryState.DELIVERED.value]
+
+
+async def test_body_dropped_once_every_delivery_is_final(db_url: str) -> None:
+    db = Database(db_url)
+    await db.start()
+    message = _message(1, recipients=("a@one.example",))
+    await db.write(lambda c: queue_store.insert_message(c, message))
+    claim = await db.write(lambda c: queue_store.claim_due(c, node="n", now=T0, lease_until=T0, limit=1))
+    done = outcome_for(claim[0], AttemptResult("permanent", "550 5.1.1 unknown"), RetrySchedule(), T0)
+    await db.write(lambda c: queue_store.record_outcomes(c, "n", [done]))
+    bodies = await db.read(lambda c: queue_store.load_bodies(c, [message.queue_id]))
+    await db.close()
+    assert bodies == {}
+
+
+async def _refuse_messages(conn: AsyncConnection) -> None:
+    if conn.dialect.name == "sqlite":
+        await conn.execute(text("CREATE TRIGGER refuse BEFORE INSERT ON messages "
+                                "BEGIN SELECT RAISE(ABORT, 'simulated disk failure'); END"))
+    else:
+        await conn.execute(text("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                                "$$ BEGIN RAISE EXCEPTION 'simulated disk failure'; END $$"))
+        await conn.execute(text("CREATE TRIGGER refuse BEFORE INSERT ON messages "
+                                "FOR EACH ROW EXECUTE FUNCTION refuse()"))
+
+
+async def test_failed_commit_raises_storage_error_and_leaves_nothing(db_url: str) -> None:
+    db = Database(db_url)
+    async with db.engine.begin() as conn:
+        await _refuse_messages(conn)
+    await db.start()
+    with pytest.raises(StorageError, match="simulated disk failure"):
+        await db.write(lambda c: queue_store.insert_message(c, _message(1)))
+    counts = await db.read(queue_store.count_pending)
+    await db.close()
+    assert counts == {}
