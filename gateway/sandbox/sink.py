@@ -268,8 +268,10 @@ class _SinkSMTP(SMTP):
         try:
             content = await self._read_data()
         except asyncio.LimitOverrunError:
+            # The rest of the message is still unread; the session cannot continue.
             await self.push("552 5.3.4 message too big")
-            self.envelope = self._create_envelope()
+            if self.transport is not None:
+                self.transport.close()
             return
         status = _content_problem(content, self.data_size_limit)
         if status is None:

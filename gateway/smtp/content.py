@@ -17,8 +17,6 @@ from gateway.smtp.replies import Reply
 
 MAX_LINE = 998  # octets, without CRLF (RFC 5321 4.5.3.1.6)
 
-_BARE_LINE_ENDING = re.compile(rb"\r(?!\n)|(?<!\r)\n")
-_LONG_LINE = re.compile(rb"[^\r\n]{%d}" % (MAX_LINE + 1))
 _HEADER_END = re.compile(rb"\r\n\r\n")
 _MESSAGE_ID = re.compile(rb"^message-id:[ \t]*((?:[^\r\n]|\r\n[ \t])*)", re.IGNORECASE | re.MULTILINE)
 
@@ -27,9 +25,12 @@ def content_problem(data: bytes) -> Reply | None:
     """The reply refusing ``data``, or None when it may be relayed."""
     if b"\x00" in data:
         return replies.NUL_IN_MESSAGE
-    if _BARE_LINE_ENDING.search(data):
+    # Every CR and every LF must belong to a CRLF pair. Counting runs in C, in one pass
+    # each; a regex with look-arounds costs several times more on large bodies.
+    pairs = data.count(b"\r\n")
+    if data.count(b"\r") != pairs or data.count(b"\n") != pairs:
         return replies.BARE_LINE_ENDING
-    if _LONG_LINE.search(data):
+    if len(data) > MAX_LINE and max(map(len, data.split(b"\r\n"))) > MAX_LINE:
         return replies.LINE_TOO_LONG
     return None
 

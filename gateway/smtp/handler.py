@@ -142,9 +142,10 @@ class IntakeHandler:
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, mail_options: list[str]) -> str:
         account = session.auth_data if isinstance(session.auth_data, Account) else None
-        if address and split_address(address) is None:
+        null = address == NULL_PATH
+        if not null and split_address(address) is None:
             return self._refuse(replies.BAD_SENDER_SYNTAX)
-        if account is not None and address:
+        if account is not None and not null:
             domain = address.rpartition("@")[2].lower()
             if domain not in account.allowed_from_domains:
                 return self._refuse(replies.SENDER_NOT_ALLOWED, sender=address)
@@ -195,7 +196,7 @@ class IntakeHandler:
                           tls=session.ssl is not None, authenticated=account is not None,
                           received_at=now, recipient=recipients[0] if len(recipients) == 1 else None)
         await self.spool.store(NewMessage(
-            queue_id=queue_id, received_at=now, mail_from=envelope.mail_from or "",
+            queue_id=queue_id, received_at=now, mail_from=_reverse_path(envelope),
             recipients=tuple(recipients), body=received_header(trace) + data,
             client_ip=_peer_ip(session), helo=session.host_name or "",
             account=account.username if account else None,
@@ -206,7 +207,7 @@ class IntakeHandler:
     async def _store_inbound(self, session: Session, envelope: Envelope, data: bytes,
                              recipients: list[str], now: datetime) -> None:
         await self.spool.store_inbound(InboundMessage(
-            received_at=now, mail_from=envelope.mail_from or "", recipients=tuple(recipients),
+            received_at=now, mail_from=_reverse_path(envelope), recipients=tuple(recipients),
             body=data, client_ip=_peer_ip(session)))
         metrics.INBOUND_RECEIVED.inc()
 
@@ -218,6 +219,15 @@ class IntakeHandler:
     def _refuse(reply: Reply, **values: str) -> str:
         metrics.SMTP_REFUSALS.labels(reply.name).inc()
         return reply.format(**values) if values else str(reply)
+
+
+NULL_PATH = "<>"  # DSNs' empty reverse-path; aiosmtpd needs a non-empty envelope.mail_from
+
+
+def _reverse_path(envelope: Envelope) -> str:
+    """The envelope sender as stored and relayed: "" for the null reverse-path."""
+    sender = envelope.mail_from or ""
+    return "" if sender == NULL_PATH else sender
 
 
 def _refuse(reply: Reply) -> AuthResult:

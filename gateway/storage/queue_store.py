@@ -32,7 +32,8 @@ def recipient_domain(address: str) -> str:
     return address.rpartition("@")[2].lower()
 
 
-async def insert_message(conn: AsyncConnection, message: NewMessage) -> None:
+async def insert_messages(conn: AsyncConnection, batch: Sequence[NewMessage]) -> None:
+    """Messages and one delivery row per recipient, two statements for the whole batch."""
     await conn.execute(insert(messages), [{
         "queue_id": message.queue_id,
         "received_at": message.received_at,
@@ -44,7 +45,7 @@ async def insert_message(conn: AsyncConnection, message: NewMessage) -> None:
         "size": len(message.body),
         "recipient_count": len(message.recipients),
         "body": message.body,
-    }])
+    } for message in batch])
     await conn.execute(insert(deliveries), [{
         "queue_id": message.queue_id,
         "recipient": recipient,
@@ -53,7 +54,7 @@ async def insert_message(conn: AsyncConnection, message: NewMessage) -> None:
         "attempts": 0,
         "next_attempt_at": message.received_at,
         "updated_at": message.received_at,
-    } for recipient in message.recipients])
+    } for message in batch for recipient in message.recipients])
 
 
 async def insert_inbound(conn: AsyncConnection, message: InboundMessage) -> None:

@@ -214,3 +214,14 @@ async def test_connections_per_ip_limit(start_gateway: StartGateway) -> None:
     finally:
         for _, held_writer in held:
             held_writer.close()
+
+
+async def test_null_sender_is_accepted_and_relayed(start_gateway: StartGateway) -> None:
+    running = await start_gateway()
+    replies = await asyncio.to_thread(_raw_session, running.port, [
+        b"EHLO mailer", b"MAIL FROM:<> SIZE=100", b"RCPT TO:<alice@example.net>", b"DATA"],
+        b"Subject: delivery status\r\n\r\nreport\r\n.\r\n")
+    assert replies[-4] == "250 2.1.0 sender ok", replies
+    assert replies[-1].startswith("250 2.0.0 queued as "), replies[6:]
+    [received] = await _delivered(running, 1)
+    assert received.mail_from == ""

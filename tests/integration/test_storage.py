@@ -41,7 +41,7 @@ async def test_group_commit_stores_all_concurrent_writes(db_url: str) -> None:
     db = Database(db_url)
     await db.start()
     messages = [_message(n) for n in range(60)]
-    await asyncio.gather(*(db.write(lambda c, m=m: queue_store.insert_message(c, m)) for m in messages))
+    await asyncio.gather(*(db.write(lambda c, m=m: queue_store.insert_messages(c, [m])) for m in messages))
     counts = await db.read(queue_store.count_pending)
     await db.close()
     assert counts == {"queued": 120}
@@ -54,7 +54,7 @@ async def test_one_failing_write_does_not_fail_its_neighbours(db_url: str) -> No
     duplicate = good[0]  # same primary key: this one write must fail alone
 
     async def store(message: NewMessage) -> None:
-        await db.write(lambda c: queue_store.insert_message(c, message))
+        await db.write(lambda c: queue_store.insert_messages(c, [message]))
 
     results = await asyncio.gather(*(store(m) for m in [*good, duplicate]), return_exceptions=True)
     counts = await db.read(queue_store.count_pending)
@@ -66,7 +66,7 @@ async def test_one_failing_write_does_not_fail_its_neighbours(db_url: str) -> No
 async def test_claims_are_leases_and_outcomes_are_fenced(db_url: str) -> None:
     db = Database(db_url)
     await db.start()
-    await db.write(lambda c: queue_store.insert_message(c, _message(1)))
+    await db.write(lambda c: queue_store.insert_messages(c, [_message(1)]))
     lease = T0 + timedelta(minutes=15)
     first = await db.write(lambda c: queue_store.claim_due(c, node="n1", now=T0, lease_until=lease, limit=10))
     second = await db.write(lambda c: queue_store.claim_due(c, node="n2", now=T0, lease_until=lease, limit=10))
@@ -93,7 +93,7 @@ async def test_body_dropped_once_every_delivery_is_final(db_url: str) -> None:
     db = Database(db_url)
     await db.start()
     message = _message(1, recipients=("a@one.example",))
-    await db.write(lambda c: queue_store.insert_message(c, message))
+    await db.write(lambda c: queue_store.insert_messages(c, [message]))
     claim = await db.write(lambda c: queue_store.claim_due(c, node="n", now=T0, lease_until=T0, limit=1))
     done = outcome_for(claim[0], AttemptResult("permanent", "550 5.1.1 unknown"), RetrySchedule(), T0)
     await db.write(lambda c: queue_store.record_outcomes(c, "n", [done]))
@@ -119,7 +119,23 @@ async def test_failed_commit_raises_storage_error_and_leaves_nothing(db_url: str
         await _refuse_messages(conn)
     await db.start()
     with pytest.raises(StorageError, match="simulated disk failure"):
-        await db.write(lambda c: queue_store.insert_message(c, _message(1)))
+        await db.write(lambda c: queue_store.insert_messages(c, [_message(1)]))
     counts = await db.read(queue_store.count_pending)
     await db.close()
     assert counts == {}
+
+
+async def test_spool_coalesces_and_isolates_a_bad_message(sqlite_url: str) -> None:
+    from gateway.queue.spool import BodyCache, Spool
+    from gateway.storage.migrate import upgrade
+
+    await upgrade(sqlite_url)
+    db = Database(sqlite_url)
+    await db.start()
+    spool = Spool(db, BodyCache())
+    good = [_message(n) for n in range(20)]
+    results = await asyncio.gather(*(spool.store(m) for m in [*good, good[3]]), return_exceptions=True)
+    counts = await db.read(queue_store.count_pending)
+    await db.close()
+    assert [isinstance(r, StorageError) for r in results] == [False] * 20 + [True]
+    assert counts == {"queued": 40}

@@ -114,3 +114,25 @@ def test_auth_lockout_doubles_and_success_clears() -> None:
     assert lockout.locked("ip", now=221) and not lockout.locked("ip", now=223)
     lockout.success("ip")
     assert not lockout.locked("ip", now=103)
+
+
+@pytest.mark.parametrize("arg", [
+    "<alice@example.net>", "<Alice.Smith+tag@mail.example.net> SIZE=1234 BODY=8BITMIME",
+    "<o'brien@example.net>", "<a@b>", "<>", "<\"quoted local\"@example.net>", "alice@example.net",
+    "<a..b@example.net>", "<a@-bad.example>", "<@route:a@example.net>", "<josé@example.net>",
+    "<a@example.net>x", " <a@example.net>",
+])
+def test_fast_path_parses_like_aiosmtpd(arg: str) -> None:
+    from aiosmtpd.smtp import SMTP
+
+    from gateway.smtp.server import SIMPLE_PATH, IntakeSMTP
+
+    class Probe(IntakeSMTP):
+        def __init__(self) -> None:  # no protocol set-up needed to parse
+            self.local_part_limit = 0
+
+    fast = SIMPLE_PATH.match(arg)
+    library = SMTP._getaddr(Probe(), arg)  # type: ignore[arg-type]
+    assert Probe()._getaddr(arg) == library
+    if fast is not None:
+        assert (fast.group(1), fast.group(2) or "") == library
