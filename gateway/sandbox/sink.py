@@ -39,6 +39,7 @@ from typing import Any, Literal, Protocol, cast
 from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
 from gateway.config.units import parse_host_port
+from gateway.smtp.server import read_message_data
 
 Stage = Literal["rcpt", "data"]
 Engine = Literal["aiosmtpd", "fast"]
@@ -266,7 +267,7 @@ class _SinkSMTP(SMTP):
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         try:
-            content = await self._read_data()
+            content = await read_message_data(self._reader)
         except asyncio.LimitOverrunError:
             # The rest of the message is still unread; the session cannot continue.
             await self.push("552 5.3.4 message too big")
@@ -279,17 +280,6 @@ class _SinkSMTP(SMTP):
             status = await self._call_handler_hook("DATA")
         self.envelope = self._create_envelope()
         await self.push(status)
-
-    async def _read_data(self) -> bytes:
-        """Read to the lone "." line and undo dot-stuffing (RFC 5321 4.5.2).
-
-        The buffer starts with a CRLF so that the first line, and an empty message, look like
-        every other line start.
-        """
-        buffer = bytearray(b"\r\n")
-        while not buffer.endswith(b"\r\n.\r\n"):
-            buffer += await self._reader.readuntil(b".\r\n")
-        return bytes(buffer[:-3]).replace(b"\r\n.", b"\r\n")[2:]
 
 
 def _content_problem(content: bytes, size_limit: int | None) -> str | None:

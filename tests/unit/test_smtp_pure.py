@@ -136,3 +136,27 @@ def test_fast_path_parses_like_aiosmtpd(arg: str) -> None:
     assert Probe()._getaddr(arg) == library
     if fast is not None:
         assert (fast.group(1), fast.group(2) or "") == library
+
+
+async def _read(stream: bytes) -> tuple[bytes, bytes]:
+    import asyncio
+
+    from gateway.smtp.server import read_message_data
+
+    reader = asyncio.StreamReader(limit=1 << 20)
+    reader.feed_data(stream)
+    reader.feed_eof()
+    content = await read_message_data(reader)
+    return content, await reader.read()
+
+
+@pytest.mark.parametrize(("stream", "content"), [
+    (b".\r\n", b""),
+    (b"Subject: a\r\n\r\nbody\r\n.\r\n", b"Subject: a\r\n\r\nbody\r\n"),
+    (b"..leading dot\r\n...two\r\n.\r\n", b".leading dot\r\n..two\r\n"),
+    (b"x\n.\ny\r\n.\r\n", b"x\n.\ny\r\n"),        # bare-LF "end" is content, refused later
+    (b"x\r.\ry\r\n.\r\n", b"x\r.\ry\r\n"),
+    (b"x\r\n.\rMAIL\r\n.\r\n", b"x\r\n\rMAIL\r\n"),  # unstuffed like any line; bare CR refused later
+])
+async def test_data_reader_ends_only_at_crlf_dot_crlf(stream: bytes, content: bytes) -> None:
+    assert await _read(stream + b"QUIT\r\n") == (content, b"QUIT\r\n")  # pipelined command kept
