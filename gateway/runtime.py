@@ -79,6 +79,7 @@ class Gateway:
         self.admin: EmbeddedServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.ready = False
+        self._stopped = False
 
     async def _deliver(self, claim: ClaimedDelivery, body: bytes) -> AttemptResult:
         return await self.agent.deliver(claim.mail_from, claim.recipient, claim.domain, body)
@@ -119,6 +120,10 @@ class Gateway:
         return True
 
     async def stop(self) -> None:
+        """Stop accepting, finish or release in-flight deliveries, close; safe to call twice."""
+        if self._stopped:
+            return
+        self._stopped = True
         self.ready = False
         for listener in self.listeners:
             listener.server.close()

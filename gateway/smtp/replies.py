@@ -66,6 +66,8 @@ NUL_IN_MESSAGE = Reply(554, "5.6.0", "NUL character in message")
 LINE_TOO_LONG = Reply(500, "5.5.2", "line too long (RFC 5321 allows 998 characters plus CRLF)")
 COMMAND_TOO_LONG = Reply(500, "5.5.2", "command line too long")
 
+IDLE_TIMEOUT = Reply(421, "4.4.2", "idle timeout, closing connection")
+
 # Failures on our side
 STORAGE_FAILURE = Reply(451, "4.3.0", "temporary storage failure, try again")
 LOCAL_ERROR = Reply(451, "4.3.0", "local error in processing, try again")

@@ -12,6 +12,7 @@ import logging
 import re
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, AnyStr
 
@@ -32,7 +33,8 @@ DEFAULT_SIZE_LIMIT = 33_554_432
 DATA_READ_MARGIN = 64 * 1024
 
 
-async def read_message_data(reader: asyncio.StreamReader) -> bytes:
+async def read_message_data(reader: asyncio.StreamReader,
+                            on_progress: Callable[[], None] = lambda: None) -> bytes:
     """Read DATA to the lone "." line and undo dot-stuffing (RFC 5321 4.5.2).
 
     Only CRLF "." CRLF ends the message: "\n.\n" and other bare-ending variants stay in
@@ -42,6 +44,7 @@ async def read_message_data(reader: asyncio.StreamReader) -> bytes:
     buffer = bytearray(b"\r\n")
     while not buffer.endswith(b"\r\n.\r\n"):
         buffer += await reader.readuntil(b".\r\n")
+        on_progress()
     return bytes(buffer[:-3]).replace(b"\r\n.", b"\r\n")[2:]
 
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
@@ -114,7 +117,7 @@ class IntakeSMTP(SMTP):
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         try:
-            content = await read_message_data(self._reader)
+            content = await read_message_data(self._reader, self._still_active)
         except asyncio.LimitOverrunError:
             # Over the limit with the rest unread: the session cannot be resynchronised.
             await self.push(str(replies.MESSAGE_TOO_BIG))
@@ -128,6 +131,16 @@ class IntakeSMTP(SMTP):
             status = await self._call_handler_hook("DATA")
         self.envelope = self._create_envelope()  # what aiosmtpd does after DATA
         await self.push(status)
+
+    def _still_active(self) -> None:
+        """Data is arriving: a long DATA transfer is not an idle session."""
+        self._reset_timeout()
+
+    def _timeout_cb(self) -> None:
+        """Say why before closing an idle session (RFC 5321 4.5.3.2); aiosmtpd just closes."""
+        if isinstance(self.transport, asyncio.WriteTransport) and not self.transport.is_closing():
+            self.transport.write(f"{replies.IDLE_TIMEOUT}\r\n".encode("ascii"))
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
 
     async def push(self, status: AnyStr) -> None:
         if isinstance(status, str):
