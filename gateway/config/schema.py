@@ -73,6 +73,23 @@ def _domain_name(value: str) -> str:
 DomainName = Annotated[str, BeforeValidator(_domain_name)]
 
 
+def _host_name(value: str) -> str:
+    if not isinstance(value, str) or not is_hostname(value):
+        raise ValueError(f"bad host name {value!r}")
+    return value
+
+
+HostName = Annotated[str, BeforeValidator(_host_name)]
+
+
+def _reject_duplicates(label: str, names: list[str]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"duplicate {label} {name!r}")
+        seen.add(name)
+
+
 class Account(Strict):
     username: str = Field(min_length=1, max_length=256)
     password_hash: str = Field(min_length=1)
@@ -92,7 +109,7 @@ class SmtpSettings(Strict):
     listen: list[Endpoint] = Field(default_factory=lambda: [parse_host_port("127.0.0.1:2525")])
     listen_tls: list[Endpoint] = Field(default_factory=list)
     listen_trusted_local: list[Endpoint] = Field(default_factory=list)
-    hostname: str = "localhost"
+    hostname: HostName = "localhost"
     allowed_networks: list[Network] = Field(
         default_factory=lambda: [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1")]
     )
@@ -106,13 +123,6 @@ class SmtpSettings(Strict):
     max_auth_failures: int = Field(default=5, ge=1)
     auth_lockout: Duration = Field(default=60.0, gt=0)
     accounts: list[Account] = Field(default_factory=list)
-
-    @field_validator("hostname")
-    @classmethod
-    def _hostname(cls, value: str) -> str:
-        if not is_hostname(value):
-            raise ValueError(f"bad host name {value!r}")
-        return value
 
     @field_validator("listen_trusted_local")
     @classmethod
@@ -129,10 +139,7 @@ class SmtpSettings(Strict):
             raise ValueError("tls_cert and tls_key must be set together")
         if self.listen_tls and self.tls_cert is None:
             raise ValueError("listen_tls needs tls_cert and tls_key")
-        names = [a.username for a in self.accounts]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"duplicate account username {duplicates[0]!r}")
+        _reject_duplicates("account username", [a.username for a in self.accounts])
         return self
 
 
@@ -193,14 +200,7 @@ class SendingDomain(Strict):
 
 class PoolAddress(Strict):
     address: IPAddress
-    helo: str
-
-    @field_validator("helo")
-    @classmethod
-    def _helo(cls, value: str) -> str:
-        if not is_hostname(value):
-            raise ValueError(f"bad HELO name {value!r}")
-        return value
+    helo: HostName
 
 
 class Pool(Strict):
@@ -224,9 +224,6 @@ class Settings(Strict):
 
     @model_validator(mode="after")
     def _unique_names(self) -> Settings:
-        for label, names in (("pool", [p.name for p in self.pools]),
-                             ("domain", [d.name for d in self.domains])):
-            duplicates = sorted({n for n in names if names.count(n) > 1})
-            if duplicates:
-                raise ValueError(f"duplicate {label} {duplicates[0]!r}")
+        _reject_duplicates("pool", [p.name for p in self.pools])
+        _reject_duplicates("domain", [d.name for d in self.domains])
         return self

@@ -94,6 +94,7 @@ class DeliveryAgent:
         self._lanes: dict[str, _Lane] = {}
         self._workers: set[asyncio.Task[None]] = set()
         self._tls = _unverified_tls()
+        self._closing = False
 
     def update_limits(self, limits: SessionLimits) -> None:
         """New policy; open connections finish under the old one."""
@@ -104,14 +105,21 @@ class DeliveryAgent:
         future: asyncio.Future[AttemptResult] = asyncio.get_running_loop().create_future()
         lane = self._lanes.setdefault(domain, _Lane(domain))
         lane.queue.put_nowait(Job(mail_from, recipient, body, future))
-        if lane.workers < min(self.limits.connection_limit, lane.queue.qsize()):
-            lane.workers += 1
-            task = asyncio.create_task(self._work(lane), name=f"lane-{domain}")
-            self._workers.add(task)
-            task.add_done_callback(self._workers.discard)
+        self._staff(lane)
         return await future
 
+    def _staff(self, lane: _Lane) -> None:
+        """Start a worker when jobs outnumber workers, within the connection limit."""
+        if self._closing:
+            return
+        if lane.workers < min(self.limits.connection_limit, lane.queue.qsize()):
+            lane.workers += 1
+            task = asyncio.create_task(self._work(lane), name=f"lane-{lane.domain}")
+            self._workers.add(task)
+            task.add_done_callback(self._workers.discard)
+
     async def close(self) -> None:
+        self._closing = True
         for task in list(self._workers):
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
@@ -143,6 +151,9 @@ class DeliveryAgent:
                 await _quit(conn)
             if lane.workers == 0 and lane.queue.empty():
                 self._lanes.pop(lane.domain, None)
+            elif not lane.queue.empty():
+                # A job can arrive just as an idle worker times out; never leave it unserved.
+                self._staff(lane)
 
     def _fail_lane(self, lane: _Lane, job: Job, result: AttemptResult) -> None:
         """The destination is unreachable now: every job waiting for it gets the same answer."""

@@ -14,6 +14,7 @@ from gateway.smtp import replies
 from gateway.smtp.replies import Reply
 
 MAX_LOCKOUT = 3600.0
+PRUNE_ABOVE = 1024  # records kept before stale ones are swept (bounds the sweep's cost)
 FORGET_AFTER = 3600.0  # an IP's failure history is dropped after this long without failures
 
 
@@ -66,7 +67,8 @@ class AuthLockout:
 
     def failure(self, ip: str, now: float) -> bool:
         """Record a failed AUTH; True when this failure starts a lockout."""
-        self._forget_stale(now)
+        if len(self._records) > PRUNE_ABOVE:
+            self._forget_stale(now)
         record = self._records.setdefault(ip, _FailureRecord())
         record.failures += 1
         record.last_failure = now
