@@ -85,3 +85,28 @@ async def test_relay_on_postgresql(start_gateway: StartGateway) -> None:
         assert counts == {}
         await running.gateway.stop()  # before the database is dropped
 
+
+
+async def test_null_mx_bounces_without_a_connection(start_gateway: StartGateway) -> None:
+    running = await start_gateway()
+    running.dns.add("nomail.example", "MX", "0 .")
+    await asyncio.to_thread(_send, running.port, ["gina@nomail.example"], MESSAGE)
+    rows = await _wait_for_state(running, "gina@nomail.example", "bounced")
+    assert "null MX" in rows[-1].detail
+    assert running.sink.connections_total == 0
+
+
+async def test_remote_timeout_defers(start_gateway: StartGateway) -> None:
+    running = await start_gateway(policy={"command_timeout": "1s", "retry_first": "30s", "retry_max": "1m"})
+    running.sink.script = ReplyScript().delay("data", 3)
+    await asyncio.to_thread(_send, running.port, ["hank@example.net"], MESSAGE)
+    rows = await _wait_for_state(running, "hank@example.net", "deferred")
+    assert "lost connection with mx.example.net" in rows[-1].detail
+    assert "imed out" in rows[-1].detail  # aiosmtplib: "Timed out waiting for server response"
+
+
+async def test_command_line_over_512_octets(start_gateway: StartGateway) -> None:
+    running = await start_gateway()
+    replies = await asyncio.to_thread(_raw_session, running.port, [
+        b"EHLO mailer", b"MAIL FROM:<" + b"a" * 600 + b"@example.com>"], b"QUIT\r\n")
+    assert replies[-2] == "500 5.5.2 command line too long"
