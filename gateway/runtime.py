@@ -87,6 +87,7 @@ class Gateway:
     async def start(self) -> None:
         await self._check_schema()
         await self.db.start()
+        await self.scheduler.prepare()
         self._tasks.append(asyncio.create_task(self.scheduler.run(), name="scheduler"))
         if self.settings.http.admin_listen is not None:
             self.admin = embedded_server(admin_app(lambda: self.ready),

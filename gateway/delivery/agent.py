@@ -135,12 +135,12 @@ class DeliveryAgent:
                 if job.future.cancelled():
                     continue
                 if conn is None:
-                    opened = await self._open(lane.domain)
+                    opened = await self._open_safely(lane.domain)
                     if isinstance(opened, AttemptResult):
                         self._fail_lane(lane, job, opened)
                         continue
                     conn = opened
-                job.future.set_result(await self._send(conn, job))
+                job.future.set_result(await self._send_safely(conn, job))
                 conn.sent += 1
                 if conn.broken or conn.sent >= self.limits.max_deliveries_per_connection:
                     await _quit(conn)
@@ -163,6 +163,13 @@ class DeliveryAgent:
             waiting = lane.queue.get_nowait()
             if not waiting.future.done():
                 waiting.future.set_result(result)
+
+    async def _open_safely(self, domain: str) -> _Connection | AttemptResult:
+        try:
+            return await self._open(domain)
+        except Exception as exc:  # reported as a transient result
+            log.exception("opening a connection for %s failed unexpectedly", domain)
+            return replies.transient(f"internal error: {type(exc).__name__}")
 
     async def _open(self, domain: str) -> _Connection | AttemptResult:
         try:
@@ -205,6 +212,15 @@ class DeliveryAgent:
         log.info("%s", error)
         return error
 
+    async def _send_safely(self, conn: _Connection, job: Job) -> AttemptResult:
+        """Every job gets an answer: a bug here must defer one delivery, not hang a slot."""
+        try:
+            return await self._send(conn, job)
+        except Exception as exc:  # reported as a transient result
+            log.exception("delivery to %s failed unexpectedly", job.recipient)
+            conn.broken = True
+            return replies.transient(f"internal error: {type(exc).__name__}", remote=conn.remote)
+
     async def _send(self, conn: _Connection, job: Job) -> AttemptResult:
         started = time.perf_counter()
         result = await self._transaction(conn, job)
@@ -216,11 +232,17 @@ class DeliveryAgent:
         options = []
         if _has_8bit(job.body) and client.supports_extension("8bitmime"):
             options.append("BODY=8BITMIME")
+        encoding = "ascii"
         if not (job.mail_from + job.recipient).isascii():
+            if not client.supports_extension("smtputf8"):
+                return replies.permanent(  # RFC 6531 3.4; Postfix does the same
+                    "5.6.7 remote server does not support SMTPUTF8, needed for this address",
+                    remote=remote)
             options.append("SMTPUTF8")
+            encoding = "utf-8"
         try:
-            await client.mail(job.mail_from, options=options)
-            await client.rcpt(job.recipient)
+            await client.mail(job.mail_from, options=options, encoding=encoding)
+            await client.rcpt(job.recipient, encoding=encoding)
             response = await client.data(job.body)
         except aiosmtplib.SMTPResponseException as exc:
             await _reset(conn)

@@ -15,6 +15,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 from gateway import metrics
 from gateway.queue.retry import RetrySchedule
@@ -76,7 +77,7 @@ class Scheduler:
         self.clock = clock
         self._wake = asyncio.Event()
         self._slot_free = asyncio.Event()
-        self._in_flight: set[asyncio.Task[None]] = set()
+        self._in_flight: dict[asyncio.Task[None], int] = {}  # task -> delivery id
         self._outcomes: list[Outcome] = []
         self._outcomes_ready = asyncio.Event()
         self._stopping = False
@@ -84,18 +85,35 @@ class Scheduler:
     def wake(self) -> None:
         self._wake.set()
 
-    async def run(self) -> None:
+    async def prepare(self) -> None:
+        """Release this node's leases from before a restart; raises StorageError if it cannot."""
         released = await self.db.write(lambda c: queue_store.release_claims(c, self.node))
         if released:
             log.info("released %d deliveries leased by %s before a restart", released, self.node)
+
+    async def run(self) -> None:
         writer = asyncio.create_task(self._write_outcomes(), name="outcome-writer")
-        reporter = asyncio.create_task(self._report_queue(), name="queue-gauges")
+        helpers = [asyncio.create_task(self._report_queue(), name="queue-gauges"),
+                   asyncio.create_task(self._renew_leases(), name="lease-renewal")]
         try:
             while not self._stopping:
                 await self._claim_and_dispatch()
         finally:
-            reporter.cancel()
+            for helper in helpers:
+                helper.cancel()
             await self._drain(writer)
+
+    async def _renew_leases(self) -> None:
+        """Attempts can outlive a lease (a long lane queue, a slow MX): keep theirs current."""
+        while True:
+            await asyncio.sleep(LEASE.total_seconds() / 3)
+            ids = list(self._in_flight.values())
+            until = self.clock() + LEASE
+            try:
+                await self.db.write(partial(queue_store.renew_leases, node=self.node,
+                                            delivery_ids=ids, lease_until=until))
+            except StorageError as exc:
+                log.error("cannot renew %d leases: %s", len(ids), exc)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -124,7 +142,7 @@ class Scheduler:
         bodies = await self._bodies_for(claimed)
         for claim in claimed:
             task = asyncio.create_task(self._attempt(claim, bodies.get(claim.queue_id)))
-            self._in_flight.add(task)
+            self._in_flight[task] = claim.delivery_id
             task.add_done_callback(self._finished)
 
     async def _idle(self) -> None:
@@ -132,7 +150,7 @@ class Scheduler:
             await asyncio.wait_for(self._wake.wait(), POLL_INTERVAL)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
-        self._in_flight.discard(task)
+        self._in_flight.pop(task, None)
         self._slot_free.set()
 
     async def _bodies_for(self, claimed: list[ClaimedDelivery]) -> dict[str, bytes]:
@@ -168,23 +186,53 @@ class Scheduler:
         self._outcomes_ready.set()
 
     async def _write_outcomes(self) -> None:
+        """Commit outcomes as they come; at shutdown, run until every one is written."""
         while True:
             await self._outcomes_ready.wait()
             self._outcomes_ready.clear()
             await self._flush()
+            if self._stopping and not self._in_flight and not self._outcomes:
+                return
 
     async def _flush(self) -> None:
         batch, self._outcomes = self._outcomes, []
         if not batch:
             return
         try:
-            await self.db.write(lambda c: queue_store.record_outcomes(c, self.node, batch))
+            await self._record(batch)
         except StorageError as exc:
             log.error("cannot record %d outcomes (will retry): %s", len(batch), exc)
             self._outcomes[:0] = batch
             await asyncio.sleep(POLL_INTERVAL)
             self._outcomes_ready.set()
+
+    async def _record(self, batch: list[Outcome]) -> None:
+        try:
+            await self.db.write(lambda c: queue_store.record_outcomes(c, self.node, batch))
+        except StorageError:
+            if len(batch) == 1:
+                raise
+            await self._record_one_by_one(batch)
             return
+        self._count(batch)
+
+    async def _record_one_by_one(self, batch: list[Outcome]) -> None:
+        """One outcome the database refuses must not hold back the others."""
+        recorded: list[Outcome] = []
+        for outcome in batch:
+            try:
+                await self.db.write(partial(queue_store.record_outcomes, node=self.node,
+                                            outcomes=[outcome]))
+            except StorageError as exc:
+                log.error("outcome for delivery %d not recordable (%s); it is retried when its "
+                          "lease expires", outcome.delivery_id, exc)
+            else:
+                recorded.append(outcome)
+        if not recorded:
+            raise StorageError("no outcome of the batch could be recorded")
+        self._count(recorded)
+
+    def _count(self, batch: list[Outcome]) -> None:
         for outcome in batch:
             metrics.DELIVERIES.labels(outcome.state.value).inc()
             if outcome.state.is_final:
@@ -198,9 +246,13 @@ class Scheduler:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        writer.cancel()
-        await asyncio.gather(writer, return_exceptions=True)
-        await self._flush()
+        # Let the writer finish on its own: cancelling it mid-write would lose a batch.
+        self._outcomes_ready.set()
+        try:
+            await asyncio.wait_for(writer, grace)
+        except TimeoutError:
+            log.error("%d outcomes not recorded at shutdown; those deliveries will be retried",
+                      len(self._outcomes))
         try:
             await self.db.write(lambda c: queue_store.release_claims(c, self.node))
         except StorageError as exc:

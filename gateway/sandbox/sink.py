@@ -39,7 +39,7 @@ from typing import Any, Literal, Protocol, cast
 from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
 from gateway.config.units import parse_host_port
-from gateway.smtp.server import read_message_data
+from gateway.smtp.server import MessageTooBig, read_message_data
 
 Stage = Literal["rcpt", "data"]
 Engine = Literal["aiosmtpd", "fast"]
@@ -267,8 +267,8 @@ class _SinkSMTP(SMTP):
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         try:
-            content = await read_message_data(self._reader)
-        except asyncio.LimitOverrunError:
+            content = await read_message_data(self._reader, self.data_size_limit or MAX_DATA_BYTES)
+        except MessageTooBig:
             # The rest of the message is still unread; the session cannot continue.
             await self.push("552 5.3.4 message too big")
             if self.transport is not None:

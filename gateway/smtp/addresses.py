@@ -16,11 +16,12 @@ def split_address(address: str) -> tuple[str, str] | None:
         return None
     try:
         ascii_domain = domain.rstrip(".").encode("idna").decode("ascii").lower()
-    except UnicodeError:
+        local_octets, path_octets = len(local.encode("utf-8")), len(address.encode("utf-8"))
+    except UnicodeError:  # not IDNA-encodable, or undecodable bytes kept as surrogates
         return None
-    if len(local.encode("utf-8")) > MAX_LOCAL_PART or len(ascii_domain) > MAX_DOMAIN:
+    if local_octets > MAX_LOCAL_PART or len(ascii_domain) > MAX_DOMAIN:
         return None
-    if len(address.encode("utf-8")) > MAX_PATH or "." not in ascii_domain:
+    if path_octets > MAX_PATH or "." not in ascii_domain:
         return None
     if not is_hostname(ascii_domain) or any(ch.isspace() or ord(ch) < 32 for ch in local):
         return None

@@ -39,6 +39,7 @@ from gateway.storage.errors import StorageError
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+LARGE_MESSAGE = 1 << 20
 
 
 @dataclass
@@ -170,7 +171,9 @@ class IntakeHandler:
     # -- content --------------------------------------------------------
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         data = envelope.original_content or b""
-        problem = content_problem(data)
+        # Large messages are checked in a thread so that other sessions keep moving.
+        problem = (content_problem(data) if len(data) <= LARGE_MESSAGE
+                   else await asyncio.to_thread(content_problem, data))
         if problem is not None:
             return self._refuse(problem)
         now = datetime.now(UTC)

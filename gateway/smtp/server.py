@@ -12,6 +12,7 @@ import logging
 import re
 import socket
 import ssl
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, AnyStr
@@ -29,22 +30,33 @@ from gateway.smtp.replies import translate
 log = logging.getLogger(__name__)
 
 IDENT = "ESMTP smtp-gateway"
-DEFAULT_SIZE_LIMIT = 33_554_432
-DATA_READ_MARGIN = 64 * 1024
+READ_CHUNK = 64 * 1024  # StreamReader limit: the most one read may hold (a command line too)
+OVERRUN_MARGIN = 64 * 1024  # past max_message_size + this, stop reading and close
 
 
-async def read_message_data(reader: asyncio.StreamReader,
+class MessageTooBig(Exception):
+    """DATA ran past the size limit; the rest is unread, so the session cannot go on."""
+
+
+async def read_message_data(reader: asyncio.StreamReader, max_size: int,
                             on_progress: Callable[[], None] = lambda: None) -> bytes:
     """Read DATA to the lone "." line and undo dot-stuffing (RFC 5321 4.5.2).
 
     Only CRLF "." CRLF ends the message: "\n.\n" and other bare-ending variants stay in
     the content, where intake refuses them. The buffer starts with CRLF so that the first
-    line, and an empty message, look like every other line start.
+    line, and an empty message, look like every other line start. Memory is bounded by
+    ``max_size`` plus a margin, checked after every chunk.
     """
     buffer = bytearray(b"\r\n")
     while not buffer.endswith(b"\r\n.\r\n"):
-        buffer += await reader.readuntil(b".\r\n")
+        try:
+            buffer += await reader.readuntil(b".\r\n")
+        except asyncio.LimitOverrunError as overrun:
+            # No ".<CRLF>" in a full chunk: take what cannot be part of one, read on.
+            buffer += await reader.readexactly(overrun.consumed)
         on_progress()
+        if len(buffer) > max_size + OVERRUN_MARGIN:
+            raise MessageTooBig
     return bytes(buffer[:-3]).replace(b"\r\n.", b"\r\n")[2:]
 
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
@@ -60,14 +72,13 @@ class IntakeSMTP(SMTP):
     """aiosmtpd's protocol, reading DATA in large pieces instead of line by line.
 
     aiosmtpd awaits one ``readuntil`` per line (about 140 for a 10 KB message), the largest
-    CPU cost of intake. The StreamReader limit is raised to the message size limit so that
-    DATA can be read up to each ".<CRLF>"; command lines are still checked against 512.
+    CPU cost of intake. Here DATA is read up to each ".<CRLF>" in chunks of up to 64 KiB;
+    command lines are still checked against 512 octets.
     """
 
     def __init__(self, handler: IntakeHandler, *, connections: ConnectionCounter,
                  **kwargs: Any) -> None:
-        size_limit = kwargs.get("data_size_limit") or DEFAULT_SIZE_LIMIT
-        self.line_length_limit = size_limit + DATA_READ_MARGIN  # read before super() uses it
+        self.line_length_limit = READ_CHUNK  # read by super().__init__ for the StreamReader
         super().__init__(handler, **kwargs)
         self._connections = connections
         self._admitted: bool | None = None
@@ -117,10 +128,14 @@ class IntakeSMTP(SMTP):
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         try:
-            content = await read_message_data(self._reader, self._still_active)
-        except asyncio.LimitOverrunError:
+            content = await read_message_data(self._reader, self.data_size_limit or sys.maxsize,
+                                              self._still_active)
+        except MessageTooBig:
             # Over the limit with the rest unread: the session cannot be resynchronised.
+            # Drop what is buffered (aiosmtpd does the same at STARTTLS) so none of it is
+            # read as commands before the close takes effect.
             await self.push(str(replies.MESSAGE_TOO_BIG))
+            self._reader._buffer.clear()  # type: ignore[attr-defined]
             if self.transport is not None:
                 self.transport.close()
             return

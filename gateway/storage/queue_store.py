@@ -128,17 +128,30 @@ async def record_outcomes(conn: AsyncConnection, node: str, outcomes: Sequence[O
                 last_reply=bindparam("b_reply"), updated_at=bindparam("b_at"),
                 claimed_by=None, lease_until=None),
         [{"b_id": o.delivery_id, "b_state": o.state.value, "b_next": o.next_attempt_at,
-          "b_reply": o.reply, "b_at": o.at} for o in applied],
+          "b_reply": storable(o.reply, MAX_REPLY), "b_at": o.at} for o in applied],
     )
     await conn.execute(insert(events), [_event_row(o) for o in applied])
     await _drop_finished_bodies(conn, {o.queue_id for o in applied if o.state.is_final})
     return len(applied)
 
 
+MAX_REPLY = 2000
+
+
+def storable(text: str | None, limit: int) -> str | None:
+    """Remote text as a column can hold it: valid UTF-8 (aiosmtplib keeps undecodable
+    bytes as surrogates, which neither SQLite nor PostgreSQL accept), cut to ``limit``."""
+    if text is None:
+        return None
+    clean = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace").replace("\x00", "")
+    return clean[:limit]
+
+
 def _event_row(outcome: Outcome) -> dict[str, Any]:
     return {"at": outcome.at, "kind": outcome.state.value, "queue_id": outcome.queue_id,
             "delivery_id": outcome.delivery_id, "recipient": outcome.recipient,
-            "reply": outcome.reply, "remote": outcome.remote, "source_ip": outcome.source_ip}
+            "reply": storable(outcome.reply, MAX_REPLY), "remote": storable(outcome.remote, 300),
+            "source_ip": storable(outcome.source_ip, 45)}
 
 
 async def _drop_finished_bodies(conn: AsyncConnection, queue_ids: set[str]) -> None:
@@ -149,6 +162,18 @@ async def _drop_finished_bodies(conn: AsyncConnection, queue_ids: set[str]) -> N
     await conn.execute(update(messages)
                        .where(messages.c.queue_id.in_(queue_ids), ~still_pending)
                        .values(body=None))
+
+
+async def renew_leases(conn: AsyncConnection, node: str, delivery_ids: Sequence[int],
+                       lease_until: datetime) -> int:
+    """Extend this node's leases on attempts still running (a long lane queue or slow MX)."""
+    if not delivery_ids:
+        return 0
+    result = await conn.execute(update(deliveries)
+                                .where(deliveries.c.id.in_(list(delivery_ids)),
+                                       deliveries.c.claimed_by == node)
+                                .values(lease_until=lease_until))
+    return int(result.rowcount or 0)
 
 
 async def release_claims(conn: AsyncConnection, node: str) -> int:

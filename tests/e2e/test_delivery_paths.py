@@ -110,3 +110,20 @@ async def test_command_line_over_512_octets(start_gateway: StartGateway) -> None
     replies = await asyncio.to_thread(_raw_session, running.port, [
         b"EHLO mailer", b"MAIL FROM:<" + b"a" * 600 + b"@example.com>"], b"QUIT\r\n")
     assert replies[-2] == "500 5.5.2 command line too long"
+
+
+async def test_smtputf8_recipient_is_delivered_with_utf8_envelope(start_gateway: StartGateway) -> None:
+    running = await start_gateway()
+
+    def send_utf8() -> object:
+        import smtplib
+        with smtplib.SMTP("127.0.0.1", running.port, timeout=10) as client:
+            client.ehlo("mailer.example.com")
+            return client.sendmail("news@example.com", ["josé@example.net"], MESSAGE,
+                                   mail_options=["SMTPUTF8"])
+
+    assert await asyncio.to_thread(send_utf8) == {}
+    rows = await _wait_for_state(running, "josé@example.net", "delivered")
+    assert rows[-1].kind == "delivered"
+    [received] = running.sink.messages
+    assert received.rcpt_tos == ("josé@example.net",)

@@ -225,3 +225,10 @@ async def test_null_sender_is_accepted_and_relayed(start_gateway: StartGateway) 
     assert replies[-1].startswith("250 2.0.0 queued as "), replies[6:]
     [received] = await _delivered(running, 1)
     assert received.mail_from == ""
+
+
+async def test_undecodable_address_bytes_get_a_syntax_reply(start_gateway: StartGateway) -> None:
+    running = await start_gateway()
+    replies = await asyncio.to_thread(_raw_session, running.port, [
+        b"EHLO mailer", b"MAIL FROM:<news@example.com> SMTPUTF8", b"RCPT TO:<\xff@example.net>"], b"QUIT\r\n")
+    assert replies[-2].startswith("55"), replies[-2]

@@ -45,3 +45,12 @@ def test_queue_ids_sort_by_time_and_are_unique() -> None:
     ids = [new_queue_id(T0 + timedelta(milliseconds=i)) for i in range(50)]
     assert ids == sorted(ids)
     assert len(set(ids)) == 50 and all(len(i) == 26 for i in ids)
+
+
+def test_remote_text_is_made_storable() -> None:
+    from gateway.storage.queue_store import storable
+
+    undecodable = b"550 5.1.1 Benutzer unbekannt \xfc".decode("utf-8", "surrogateescape")
+    assert storable(undecodable, 100) == "550 5.1.1 Benutzer unbekannt \ufffd"
+    assert storable("x\x00y" * 10, 5) == "xyxyx"
+    assert storable(None, 5) is None

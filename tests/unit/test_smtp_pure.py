@@ -70,6 +70,7 @@ def test_received_header() -> None:
     ("a@localhost", None),
     ("a@bad_domain!.com", None),
     ("@example.com", None),
+    ("\udcff@example.com", None),  # an undecodable byte, as aiosmtpd hands it over
 ])
 def test_recipient_syntax(address: str, expected: str | None) -> None:
     assert normalize_recipient(address) == expected
@@ -146,7 +147,7 @@ async def _read(stream: bytes) -> tuple[bytes, bytes]:
     reader = asyncio.StreamReader(limit=1 << 20)
     reader.feed_data(stream)
     reader.feed_eof()
-    content = await read_message_data(reader)
+    content = await read_message_data(reader, max_size=1 << 20)
     return content, await reader.read()
 
 
@@ -160,3 +161,34 @@ async def _read(stream: bytes) -> tuple[bytes, bytes]:
 ])
 async def test_data_reader_ends_only_at_crlf_dot_crlf(stream: bytes, content: bytes) -> None:
     assert await _read(stream + b"QUIT\r\n") == (content, b"QUIT\r\n")  # pipelined command kept
+
+
+async def test_data_reader_bounds_memory_and_handles_chunks_without_dots() -> None:
+    import asyncio
+
+    from gateway.smtp.server import MessageTooBig, read_message_data
+
+    reader = asyncio.StreamReader(limit=1024)
+    body = b"".join(b"%06d" % n + b"y" * 90 + b"\r\n" for n in range(200))  # 19.6 KB, no dot lines
+    reader.feed_data(body + b".\r\nQUIT\r\n")
+    assert await read_message_data(reader, max_size=1 << 20) == body
+    assert await reader.read(6) == b"QUIT\r\n"
+
+    endless = asyncio.StreamReader(limit=1024)
+    endless.feed_data(b"x" * 200_000)  # no terminator, far past the limit
+    with pytest.raises(MessageTooBig):
+        await read_message_data(endless, max_size=10_000)
+
+
+def test_long_line_found_across_check_windows() -> None:
+    from gateway.smtp.content import WINDOW
+
+    lines = b"z" * 100 + b"\r\n"
+    filler = lines * (WINDOW // len(lines) + 3)
+    assert content_problem(filler) is None
+    assert content_problem(filler + b"q" * 999 + b"\r\n" + filler) is replies.LINE_TOO_LONG
+    head = lines * ((WINDOW - 400) // len(lines))  # the long line starts ~400 octets before the window ends
+    assert len(head) < WINDOW < len(head) + 999
+    assert content_problem(head + b"b" * 999 + b"\r\n" + lines) is replies.LINE_TOO_LONG
+    assert content_problem(head + b"b" * 998 + b"\r\n" + lines) is None
+    assert content_problem(b"c" * (WINDOW + 10) + b"\r\n") is replies.LINE_TOO_LONG
