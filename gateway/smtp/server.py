@@ -82,6 +82,7 @@ class IntakeSMTP(SMTP):
         super().__init__(handler, **kwargs)
         self._connections = connections
         self._admitted: bool | None = None
+        self._last_progress = 0.0
         self._client_ip = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -148,8 +149,14 @@ class IntakeSMTP(SMTP):
         await self.push(status)
 
     def _still_active(self) -> None:
-        """Data is arriving: a long DATA transfer is not an idle session."""
-        self._reset_timeout()
+        """Data is arriving: a long DATA transfer is not an idle session.
+
+        Rescheduling the timer costs a timer handle; once a second is plenty.
+        """
+        now = self.loop.time()
+        if now - self._last_progress >= 1.0:
+            self._last_progress = now
+            self._reset_timeout()
 
     def _timeout_cb(self) -> None:
         """Say why before closing an idle session (RFC 5321 4.5.3.2); aiosmtpd just closes."""
