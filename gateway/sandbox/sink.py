@@ -39,7 +39,7 @@ from typing import Any, Literal, Protocol, cast
 from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
 from gateway.config.units import parse_host_port
-from gateway.smtp.server import MessageTooBig, read_message_data
+from gateway.smtp.server import MessageTooBig, read_message_data, start_data
 
 Stage = Literal["rcpt", "data"]
 Engine = Literal["aiosmtpd", "fast"]
@@ -256,16 +256,9 @@ class _SinkSMTP(SMTP):
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
-        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+        if not await start_data(self, arg):
             return
         assert self.envelope is not None
-        if not self.envelope.rcpt_tos:
-            await self.push("503 5.5.1 Error: need RCPT command")
-            return
-        if arg:
-            await self.push("501 5.5.4 Syntax: DATA")
-            return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
         try:
             content = await read_message_data(self._reader, self.data_size_limit or MAX_DATA_BYTES)
         except MessageTooBig:

@@ -221,7 +221,7 @@ class IntakeHandler:
     @staticmethod
     def _refuse(reply: Reply, **values: str) -> str:
         metrics.SMTP_REFUSALS.labels(reply.name).inc()
-        return reply.format(**values) if values else str(reply)
+        return reply.format(**values)
 
 
 NULL_PATH = "<>"  # DSNs' empty reverse-path; aiosmtpd needs a non-empty envelope.mail_from

@@ -17,10 +17,13 @@ class Reply:
     text: str
 
     def __str__(self) -> str:
-        return f"{self.code} {self.status} {self.text}"
+        return self.format()
 
     def format(self, **values: str) -> str:
-        return f"{self.code} {self.status} {self.text.format(**values)}"
+        # 3xx intermediate replies carry no enhanced status code (RFC 3463 applies to 2/4/5xx).
+        status = f"{self.status} " if self.status else ""
+        text = self.text.format(**values) if values else self.text
+        return f"{self.code} {status}{text}"
 
     @property
     def name(self) -> str:
@@ -60,6 +63,7 @@ NEED_MAIL = Reply(503, "5.5.1", "need MAIL command first")
 NEED_RCPT = Reply(503, "5.5.1", "need RCPT command first")
 
 # Content
+START_DATA = Reply(354, "", "End data with <CR><LF>.<CR><LF>")
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "message too big")
 BARE_LINE_ENDING = Reply(554, "5.5.0", "bare CR or LF in message")
 NUL_IN_MESSAGE = Reply(554, "5.6.0", "NUL character in message")

@@ -34,6 +34,21 @@ READ_CHUNK = 64 * 1024  # StreamReader limit: the most one read may hold (a comm
 OVERRUN_MARGIN = 64 * 1024  # past max_message_size + this, stop reading and close
 
 
+async def start_data(protocol: SMTP, arg: str) -> bool:
+    """DATA's preconditions, then the 354 go-ahead; False when a refusal was sent instead."""
+    if await protocol.check_helo_needed() or await protocol.check_auth_needed("DATA"):
+        return False
+    assert protocol.envelope is not None
+    if not protocol.envelope.rcpt_tos:
+        await protocol.push(str(replies.NEED_RCPT))
+        return False
+    if arg:
+        await protocol.push(str(replies.SYNTAX_ERROR))
+        return False
+    await protocol.push(str(replies.START_DATA))
+    return True
+
+
 class MessageTooBig(Exception):
     """DATA ran past the size limit; the rest is unread, so the session cannot go on."""
 
@@ -118,16 +133,9 @@ class IntakeSMTP(SMTP):
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
-        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+        if not await start_data(self, arg):
             return
         assert self.envelope is not None
-        if not self.envelope.rcpt_tos:
-            await self.push(str(replies.NEED_RCPT))
-            return
-        if arg:
-            await self.push(str(replies.SYNTAX_ERROR))
-            return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
         try:
             content = await read_message_data(self._reader, self.data_size_limit or sys.maxsize,
                                               self._still_active)
