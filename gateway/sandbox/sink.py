@@ -39,7 +39,7 @@ from typing import Any, Literal, Protocol, cast
 from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
 from gateway.config.units import parse_host_port
-from gateway.smtp.server import MessageTooBig, read_message_data, start_data
+from gateway.smtp.server import receive_data
 
 Stage = Literal["rcpt", "data"]
 Engine = Literal["aiosmtpd", "fast"]
@@ -256,17 +256,10 @@ class _SinkSMTP(SMTP):
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
-        if not await start_data(self, arg):
+        content = await receive_data(self, arg, self.data_size_limit or MAX_DATA_BYTES)
+        if content is None:
             return
         assert self.envelope is not None
-        try:
-            content = await read_message_data(self._reader, self.data_size_limit or MAX_DATA_BYTES)
-        except MessageTooBig:
-            # The rest of the message is still unread; the session cannot continue.
-            await self.push("552 5.3.4 message too big")
-            if self.transport is not None:
-                self.transport.close()
-            return
         status = _content_problem(content, self.data_size_limit)
         if status is None:
             self.envelope.content = self.envelope.original_content = content

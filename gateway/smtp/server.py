@@ -34,19 +34,33 @@ READ_CHUNK = 64 * 1024  # StreamReader limit: the most one read may hold (a comm
 OVERRUN_MARGIN = 64 * 1024  # past max_message_size + this, stop reading and close
 
 
-async def start_data(protocol: SMTP, arg: str) -> bool:
-    """DATA's preconditions, then the 354 go-ahead; False when a refusal was sent instead."""
+async def receive_data(protocol: SMTP, arg: str, max_size: int,
+                       on_progress: Callable[[], None] = lambda: None) -> bytes | None:
+    """DATA up to the content: preconditions, the 354, the read. None when a reply was sent.
+
+    Past ``max_size`` (plus a margin) the rest of the message is unread, so the session
+    cannot be resynchronised: 552, drop what is buffered (aiosmtpd does the same at
+    STARTTLS) so none of it is read as commands, and close.
+    """
     if await protocol.check_helo_needed() or await protocol.check_auth_needed("DATA"):
-        return False
+        return None
     assert protocol.envelope is not None
     if not protocol.envelope.rcpt_tos:
         await protocol.push(str(replies.NEED_RCPT))
-        return False
+        return None
     if arg:
         await protocol.push(str(replies.SYNTAX_ERROR))
-        return False
+        return None
     await protocol.push(str(replies.START_DATA))
-    return True
+    reader = protocol._reader
+    try:
+        return await read_message_data(reader, max_size, on_progress)
+    except MessageTooBig:
+        await protocol.push(str(replies.MESSAGE_TOO_BIG))
+        reader._buffer.clear()  # type: ignore[attr-defined]
+        if protocol.transport is not None:
+            protocol.transport.close()
+        return None
 
 
 class MessageTooBig(Exception):
@@ -133,21 +147,11 @@ class IntakeSMTP(SMTP):
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
-        if not await start_data(self, arg):
+        content = await receive_data(self, arg, self.data_size_limit or sys.maxsize,
+                                     self._still_active)
+        if content is None:
             return
         assert self.envelope is not None
-        try:
-            content = await read_message_data(self._reader, self.data_size_limit or sys.maxsize,
-                                              self._still_active)
-        except MessageTooBig:
-            # Over the limit with the rest unread: the session cannot be resynchronised.
-            # Drop what is buffered (aiosmtpd does the same at STARTTLS) so none of it is
-            # read as commands before the close takes effect.
-            await self.push(str(replies.MESSAGE_TOO_BIG))
-            self._reader._buffer.clear()  # type: ignore[attr-defined]
-            if self.transport is not None:
-                self.transport.close()
-            return
         if self.data_size_limit and len(content) > self.data_size_limit:
             status = str(replies.MESSAGE_TOO_BIG)
         else:
