@@ -64,12 +64,11 @@ class Gateway:
         self.node = node or settings.storage.node_name or socket.gethostname()
         self.db = Database(settings.storage.url)
         bodies = BodyCache()
-        self.spool = Spool(self.db, bodies)
         self.agent = DeliveryAgent(resolver_from(settings), sources_from(settings),
                                    session_limits(policy.default))
         self.scheduler = Scheduler(self.db, bodies, self._deliver, retry=policy.default.retry,
                                    node=self.node)
-        self.spool.set_listener(self.scheduler.wake)
+        self.spool = Spool(self.db, bodies, on_stored=self.scheduler.wake)
         self.handler = IntakeHandler(
             IntakePolicy.from_settings(settings.smtp, settings.bounce.domain), self.spool,
             AuthLockout(settings.smtp.max_auth_failures, settings.smtp.auth_lockout))

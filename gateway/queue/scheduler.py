@@ -207,29 +207,16 @@ class Scheduler:
             self._outcomes_ready.set()
 
     async def _record(self, batch: list[Outcome]) -> None:
-        try:
-            await self.db.write(lambda c: queue_store.record_outcomes(c, self.node, batch))
-        except StorageError:
-            if len(batch) == 1:
-                raise
-            await self._record_one_by_one(batch)
-            return
-        self._count(batch)
-
-    async def _record_one_by_one(self, batch: list[Outcome]) -> None:
-        """One outcome the database refuses must not hold back the others."""
-        recorded: list[Outcome] = []
-        for outcome in batch:
-            try:
-                await self.db.write(partial(queue_store.record_outcomes, node=self.node,
-                                            outcomes=[outcome]))
-            except StorageError as exc:
+        """Commit outcomes; one the database refuses must not hold back the others."""
+        errors = await self.db.write_items(
+            lambda conn, chunk: queue_store.record_outcomes(conn, self.node, chunk), batch)
+        recorded = [outcome for outcome, error in zip(batch, errors, strict=True) if error is None]
+        if not recorded:  # nothing went in: the database is down, keep them all for later
+            raise errors[0] or StorageError("no outcome could be recorded")
+        for outcome, error in zip(batch, errors, strict=True):
+            if error is not None:
                 log.error("outcome for delivery %d not recordable (%s); it is retried when its "
-                          "lease expires", outcome.delivery_id, exc)
-            else:
-                recorded.append(outcome)
-        if not recorded:
-            raise StorageError("no outcome of the batch could be recorded")
+                          "lease expires", outcome.delivery_id, error)
         self._count(recorded)
 
     def _count(self, batch: list[Outcome]) -> None:

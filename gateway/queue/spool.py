@@ -7,15 +7,12 @@ group-commit transaction holding the message and its deliveries is on disk.
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections import OrderedDict
 from collections.abc import Callable
-from functools import partial
 
 from gateway.records import InboundMessage, NewMessage
 from gateway.storage import queue_store
 from gateway.storage.database import Database
-from gateway.storage.errors import StorageError
 
 
 class BodyCache:
@@ -59,9 +56,6 @@ class Spool:
         self._waiting: list[tuple[NewMessage, asyncio.Future[None]]] = []
         self._committer: asyncio.Task[None] | None = None
 
-    def set_listener(self, on_stored: Callable[[], None]) -> None:
-        self._on_stored = on_stored
-
     async def store(self, message: NewMessage) -> None:
         """Durably commit; raises StorageError when nothing was stored."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -75,36 +69,15 @@ class Spool:
     async def _commit_waiting(self) -> None:
         while self._waiting:
             batch, self._waiting = self._waiting, []
-            try:
-                await self.db.write(partial(queue_store.insert_messages,
-                                            batch=[message for message, _ in batch]))
-            except StorageError:
-                if len(batch) > 1:  # find the message at fault; the others still get their 250
-                    await self._commit_one_by_one(batch)
+            errors = await self.db.write_items(queue_store.insert_messages,
+                                               [message for message, _ in batch])
+            for (_, future), error in zip(batch, errors, strict=True):
+                if future.done():
                     continue
-                _settle(batch, error=sys.exc_info()[1])
-                continue
-            _settle(batch)
-
-    async def _commit_one_by_one(self, batch: list[tuple[NewMessage, asyncio.Future[None]]]) -> None:
-        for message, future in batch:
-            try:
-                await self.db.write(partial(queue_store.insert_messages, batch=[message]))
-            except StorageError as exc:
-                _settle([(message, future)], error=exc)
-            else:
-                _settle([(message, future)])
+                if error is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(error)
 
     async def store_inbound(self, message: InboundMessage) -> None:
         await self.db.write(lambda conn: queue_store.insert_inbound(conn, message))
-
-
-def _settle(batch: list[tuple[NewMessage, asyncio.Future[None]]],
-            error: BaseException | None = None) -> None:
-    for _, future in batch:
-        if future.done():
-            continue
-        if error is None:
-            future.set_result(None)
-        else:
-            future.set_exception(error)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -27,6 +27,7 @@ from gateway.storage.errors import StorageError
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+ItemT = TypeVar("ItemT")
 WriteOp = Callable[[AsyncConnection], Awaitable[T]]
 
 MAX_BATCH = 256
@@ -104,6 +105,29 @@ class Database:
         self._pending.put_nowait(_Pending(op, future))
         return await future
 
+    async def write_items(self, op: Callable[[AsyncConnection, Sequence[ItemT]], Awaitable[object]],
+                          items: Sequence[ItemT]) -> list[StorageError | None]:
+        """Write ``items`` with one statement set and one commit; if that fails, each alone.
+
+        One bad item then fails alone: the result lists, per item, None (committed) or the
+        error that kept it out.
+        """
+        try:
+            await self.write(_bound(op, items))
+            return [None] * len(items)
+        except StorageError as exc:
+            if len(items) == 1:
+                return [exc]
+        results: list[StorageError | None] = []
+        for item in items:
+            try:
+                await self.write(_bound(op, (item,)))
+            except StorageError as exc:
+                results.append(exc)
+            else:
+                results.append(None)
+        return results
+
     async def read(self, op: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         try:
             async with self.engine.connect() as conn:
@@ -152,6 +176,13 @@ class Database:
     async def _run_in_transaction(conn: AsyncConnection, ops: list[WriteOp[Any]]) -> list[Any]:
         async with conn.begin():  # rolls back on any exception
             return [await op(conn) for op in ops]
+
+
+def _bound(op: Callable[[AsyncConnection, Sequence[ItemT]], Awaitable[object]],
+           chunk: Sequence[ItemT]) -> WriteOp[object]:
+    async def run(conn: AsyncConnection) -> object:
+        return await op(conn, chunk)
+    return run
 
 
 def _settle_error(future: asyncio.Future[Any], exc: BaseException) -> None:

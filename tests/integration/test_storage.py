@@ -139,3 +139,15 @@ async def test_spool_coalesces_and_isolates_a_bad_message(sqlite_url: str) -> No
     await db.close()
     assert [isinstance(r, StorageError) for r in results] == [False] * 20 + [True]
     assert counts == {"queued": 40}
+
+
+async def test_write_items_isolates_the_item_at_fault(db_url: str) -> None:
+    db = Database(db_url)
+    await db.start()
+    good = [_message(n) for n in range(4)]
+    results = await db.write_items(queue_store.insert_messages, [*good[:2], good[0], *good[2:]])
+    counts = await db.read(queue_store.count_pending)
+    await db.close()
+    assert [r is None for r in results] == [True, True, False, True, True]
+    assert isinstance(results[2], StorageError)
+    assert counts == {"queued": 8}
