@@ -59,12 +59,20 @@ class IntakePolicy:
                    allowed_networks=list(smtp.allowed_networks),
                    accounts={a.username: a for a in smtp.accounts})
 
+    def for_bounce_domain(self, recipient: str) -> bool:
+        """Mail for the bounce domain is inbound (DSNs, complaints), never relayed."""
+        return recipient.rpartition("@")[2] == self.bounce_domain
+
     def trusted(self, ip: str) -> bool:
         try:
             address = ipaddress.ip_address(ip)
         except ValueError:
             return False
         return any(address in network for network in self.allowed_networks)
+
+
+def _account(session: Session) -> Account | None:
+    return session.auth_data if isinstance(session.auth_data, Account) else None
 
 
 def _peer_ip(session: Session) -> str:
@@ -142,7 +150,7 @@ class IntakeHandler:
     # -- envelope -------------------------------------------------------
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, mail_options: list[str]) -> str:
-        account = session.auth_data if isinstance(session.auth_data, Account) else None
+        account = _account(session)
         null = address == NULL_PATH
         if not null and split_address(address) is None:
             return self._refuse(replies.BAD_SENDER_SYNTAX)
@@ -161,8 +169,8 @@ class IntakeHandler:
         recipient = normalize_recipient(address)
         if recipient is None:
             return self._refuse(replies.BAD_RECIPIENT_SYNTAX)
-        inbound = recipient.rpartition("@")[2] == self.policy.bounce_domain
-        if not inbound and not (session.authenticated or self.policy.trusted(_peer_ip(session))):
+        may_relay = session.authenticated or self.policy.trusted(_peer_ip(session))
+        if not may_relay and not self.policy.for_bounce_domain(recipient):
             return self._refuse(replies.AUTH_REQUIRED)
         envelope.rcpt_tos.append(recipient)
         envelope.rcpt_options.extend(rcpt_options)
@@ -177,8 +185,8 @@ class IntakeHandler:
         if problem is not None:
             return self._refuse(problem)
         now = datetime.now(UTC)
-        outbound = [r for r in envelope.rcpt_tos if r.rpartition("@")[2] != self.policy.bounce_domain]
-        inbound = [r for r in envelope.rcpt_tos if r not in outbound]
+        inbound = [r for r in envelope.rcpt_tos if self.policy.for_bounce_domain(r)]
+        outbound = [r for r in envelope.rcpt_tos if not self.policy.for_bounce_domain(r)]
         queue_id = new_queue_id(now)
         try:
             if inbound:
@@ -193,7 +201,7 @@ class IntakeHandler:
     async def _store_outbound(self, server: SMTP, session: Session, envelope: Envelope,
                               data: bytes, recipients: list[str], queue_id: str,
                               now: datetime) -> None:
-        account = session.auth_data if isinstance(session.auth_data, Account) else None
+        account = _account(session)
         trace = TraceInfo(helo=session.host_name or "", client_ip=_peer_ip(session),
                           hostname=self.policy.hostname, queue_id=queue_id,
                           tls=session.ssl is not None, authenticated=account is not None,
