@@ -55,6 +55,9 @@ class NewMessage:
     helo: str
     account: str | None = None
     header_message_id: str | None = None
+    stream: str = "transactional"
+    list_key: str = ""
+    campaign: str = ""
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,9 @@ class ClaimedDelivery:
     mail_from: str
     attempts: int
     received_at: datetime
+    stream: str = "transactional"
+    list_key: str = ""
+    campaign: str = ""
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,13 @@ from gateway.config.policy import Policy, ProviderProfile, load_policy
 from gateway.config.schema import Settings
 from gateway.delivery.agent import DeliveryAgent, SessionLimits, Source
 from gateway.dns.resolver import MxResolver
+from gateway.queue.outgoing import CopyMaker
 from gateway.queue.scheduler import Scheduler
 from gateway.queue.spool import BodyCache, Spool
 from gateway.records import AttemptResult, ClaimedDelivery
+from gateway.rewrite.copies import CopyRules
+from gateway.signing.keyring import KeyRing
+from gateway.signing.token_keys import token_codec
 from gateway.smtp.handler import IntakeHandler, IntakePolicy
 from gateway.smtp.limits import AuthLockout, ConnectionCounter
 from gateway.smtp.server import Listener, start_listeners
@@ -69,9 +73,16 @@ class Gateway:
         self.scheduler = Scheduler(self.db, bodies, self._deliver, retry=policy.default.retry,
                                    node=self.node)
         self.spool = Spool(self.db, bodies, on_stored=self.scheduler.wake)
+        self.keyring = KeyRing.load(settings.domains)
+        self.copies = CopyMaker(
+            self.keyring, token_codec(settings.tokens),
+            CopyRules(public_url=settings.http.public_url, bounce_domain=settings.bounce.domain,
+                      verp=settings.bounce.verp,
+                      transactional_list_unsubscribe=settings.headers.transactional_list_unsubscribe),
+            pass_unsigned=settings.signing.unsigned == "pass")
         self.handler = IntakeHandler(
-            IntakePolicy.from_settings(settings.smtp, settings.bounce.domain), self.spool,
-            AuthLockout(settings.smtp.max_auth_failures, settings.smtp.auth_lockout))
+            IntakePolicy.from_settings(settings, lambda domain: bool(self.keyring.keys_for(domain))),
+            self.spool, AuthLockout(settings.smtp.max_auth_failures, settings.smtp.auth_lockout))
         self.connections = ConnectionCounter(settings.smtp.max_connections,
                                              settings.smtp.max_connections_per_ip)
         self.listeners: list[Listener] = []
@@ -80,8 +91,11 @@ class Gateway:
         self.ready = False
         self._stopped = False
 
-    async def _deliver(self, claim: ClaimedDelivery, body: bytes) -> AttemptResult:
-        return await self.agent.deliver(claim.mail_from, claim.recipient, claim.domain, body)
+    async def _deliver(self, claim: ClaimedDelivery, stored: bytes) -> AttemptResult:
+        copy = await self.copies.make(claim, stored)
+        if isinstance(copy, AttemptResult):
+            return copy
+        return await self.agent.deliver(copy.mail_from, claim.recipient, claim.domain, copy.data)
 
     async def start(self) -> None:
         await self._check_schema()

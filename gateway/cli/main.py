@@ -11,9 +11,12 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.cli import queue_cmd
+from gateway.cli import dkim_cmd, queue_cmd
 from gateway.config.loader import ConfigError, load_settings
 from gateway.config.policy import load_policy
+from gateway.config.schema import Settings
+from gateway.signing.keyring import KeyRing
+from gateway.signing.token_keys import token_codec
 from gateway.smtp.passwords import hash_password
 from gateway.storage.errors import StorageError
 
@@ -46,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade = db_verbs.add_parser("upgrade", help="create or migrate the schema to this version")
     _config_arg(upgrade)
 
+    dkim_cmd.add_parsers(verbs, _config_arg)
     queue_cmd.add_parsers(verbs, _config_arg)
     return parser
 
@@ -78,9 +82,16 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.verb == "check-config":
         settings = load_settings(args.config)
         policy = load_policy(settings.policy.dir)
+        keyring = KeyRing.load(settings.domains)
+        signing = sum(len(keyring.keys_for(domain.name)) for domain in settings.domains)
+        if _token_keys_exist(settings):
+            token_codec(settings.tokens, create=False)  # raises KeyProblem if unusable
         print(f"ok: {len(args.config)} settings file(s), policy from {settings.policy.dir}, "
-              f"{len(settings.smtp.accounts)} account(s), {len(policy.providers)} provider profile(s)")
+              f"{len(settings.smtp.accounts)} account(s), {len(policy.providers)} provider profile(s), "
+              f"{signing} DKIM signing key(s) for {len(settings.domains)} domain(s)")
         return 0
+    if args.verb == "dkim":
+        return dkim_cmd.run(args)
     if args.verb == "passwd":
         print(hash_password(_read_password()))
         return 0
@@ -111,6 +122,11 @@ def _serve(args: argparse.Namespace) -> int:
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
     _run_loop(serve(args.config))
     return 0
+
+
+def _token_keys_exist(settings: Settings) -> bool:
+    """Configured token keys must be readable now; the default one is made on first start."""
+    return bool(settings.tokens.keys) or settings.tokens.default_secret_file.exists()
 
 
 def _run_loop(main: Coroutine[Any, Any, None]) -> None:

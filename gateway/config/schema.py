@@ -8,6 +8,7 @@ Python types here, once, so the rest of the gateway never sees a raw string.
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -63,14 +64,14 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
 
-def _domain_name(value: str) -> str:
+def domain_name(value: str) -> str:
     domain = value.strip().rstrip(".").lower()
     if not is_hostname(domain) or "." not in domain:
         raise ValueError(f"bad domain name {value!r}")
     return domain
 
 
-DomainName = Annotated[str, BeforeValidator(_domain_name)]
+DomainName = Annotated[str, BeforeValidator(domain_name)]
 
 
 def _host_name(value: str) -> str:
@@ -185,17 +186,88 @@ class DnsSettings(Strict):
 
 class BounceSettings(Strict):
     domain: DomainName = "bounces.localhost.localdomain"
+    # Envelope sender b+TOKEN@domain per delivery, so that every bounce names its delivery.
+    verp: bool = True
+
+
+def dkim_selector(value: str) -> str:
+    if not isinstance(value, str) or not is_hostname(value) or value.endswith("."):
+        raise ValueError(f"bad DKIM selector {value!r}: use letters, digits and '-' (dots between labels)")
+    return value.lower()
 
 
 class DkimKey(Strict):
-    selector: str = Field(min_length=1, max_length=63)
+    selector: Annotated[str, BeforeValidator(dkim_selector)]
     algorithm: Literal["rsa", "ed25519"] = "rsa"
     key_file: Path
+    # false: published in DNS but not signing yet (rotation), or retired.
+    sign: bool = True
 
 
 class SendingDomain(Strict):
     name: DomainName
     dkim: list[DkimKey] = Field(default_factory=list)
+    # Sign mail whose From is any subdomain with this domain's keys (DMARC relaxed alignment).
+    subdomains: bool = False
+
+    @model_validator(mode="after")
+    def _one_signer_per_algorithm(self) -> SendingDomain:
+        _reject_duplicates("selector", [key.selector for key in self.dkim])
+        for algorithm in ("rsa", "ed25519"):
+            signing = [k.selector for k in self.dkim if k.sign and k.algorithm == algorithm]
+            if len(signing) > 1:
+                raise ValueError(f"selectors {', '.join(signing)} all sign with {algorithm}; "
+                                 "set sign = false on all but one")
+        return self
+
+
+class SigningSettings(Strict):
+    # A message whose From domain has no signing key: refused at DATA (550 5.7.1), or
+    # passed on unsigned ("pass": for a gateway in front of a smarthost that signs).
+    unsigned: Literal["refuse", "pass"] = "refuse"
+
+
+def _field_name(value: str) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[\x21-\x39\x3b-\x7e]{1,76}", value):
+        raise ValueError(f"bad header field name {value!r}")
+    return value
+
+
+FieldName = Annotated[str, BeforeValidator(_field_name)]
+
+
+class HeaderSettings(Strict):
+    stream_header: FieldName = "X-Gateway-Stream"
+    list_header: FieldName = "X-Gateway-List"
+    campaign_header: FieldName = "X-Gateway-Campaign"
+    # Removed before signing, besides the control headers and every X-Gateway-* field.
+    strip: list[FieldName] = Field(default_factory=list)
+    # The mailer's own List-Unsubscribe: "replace" (ours, whose one-click endpoint works)
+    # or "keep" (theirs stays and the gateway adds none).
+    list_unsubscribe: Literal["replace", "keep"] = "replace"
+    transactional_list_unsubscribe: bool = False
+
+
+class TokenKey(Strict):
+    id: int = Field(ge=0, le=255)
+    secret_file: Path
+
+
+class TokenSettings(Strict):
+    """Keys for unsubscribe and VERP tokens. With none configured, the gateway creates
+    ``default_secret_file`` (32 random bytes) on first start; nodes sharing a database
+    must share the keys, so configure them explicitly there."""
+
+    keys: list[TokenKey] = Field(default_factory=list)
+    current: int | None = None  # the key new tokens use; default: the highest id
+    default_secret_file: Path = Path("var/token.key")
+
+    @model_validator(mode="after")
+    def _current_known(self) -> TokenSettings:
+        _reject_duplicates("token key id", [str(key.id) for key in self.keys])
+        if self.current is not None and self.current not in {key.id for key in self.keys}:
+            raise ValueError(f"current = {self.current} names no key in tokens.keys")
+        return self
 
 
 class PoolAddress(Strict):
@@ -219,6 +291,9 @@ class Settings(Strict):
     dns: DnsSettings = Field(default_factory=DnsSettings)
     bounce: BounceSettings = Field(default_factory=BounceSettings)
     domains: list[SendingDomain] = Field(default_factory=list)
+    signing: SigningSettings = Field(default_factory=SigningSettings)
+    headers: HeaderSettings = Field(default_factory=HeaderSettings)
+    tokens: TokenSettings = Field(default_factory=TokenSettings)
     pools: list[Pool] = Field(default_factory=list)
     policy: PolicySettings = Field(default_factory=PolicySettings)
 

@@ -19,9 +19,12 @@ from datetime import UTC, datetime
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
 from gateway import metrics
-from gateway.config.schema import Account, SmtpSettings
+from gateway.config.schema import Account, HeaderSettings, Settings
 from gateway.queue.spool import Spool
 from gateway.records import InboundMessage, NewMessage, new_queue_id
+from gateway.rewrite.headers import HeaderProblem, author_domain, join_message, split_message
+from gateway.rewrite.message import Controls, HeaderRules, Origin, read_controls
+from gateway.rewrite.message import prepare as prepare_headers
 from gateway.smtp import replies
 from gateway.smtp.addresses import normalize_recipient, split_address
 from gateway.smtp.content import (
@@ -42,6 +45,10 @@ Clock = Callable[[], float]
 LARGE_MESSAGE = 1 << 20
 
 
+def _never(domain: str) -> bool:
+    return False
+
+
 @dataclass
 class IntakePolicy:
     """The slice of settings intake decides with, prepared once at start-up."""
@@ -51,13 +58,21 @@ class IntakePolicy:
     max_recipients: int
     allowed_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]
     accounts: dict[str, Account] = field(default_factory=dict)
+    header_rules: HeaderRules = field(default_factory=HeaderRules)
+    # Whether a From domain has a DKIM key; mail from one without is refused unless
+    # ``pass_unsigned`` (a smarthost further on signs).
+    can_sign: Callable[[str], bool] = _never
+    pass_unsigned: bool = False
 
     @classmethod
-    def from_settings(cls, smtp: SmtpSettings, bounce_domain: str) -> IntakePolicy:
-        return cls(hostname=smtp.hostname, bounce_domain=bounce_domain,
+    def from_settings(cls, settings: Settings, can_sign: Callable[[str], bool]) -> IntakePolicy:
+        smtp = settings.smtp
+        return cls(hostname=smtp.hostname, bounce_domain=settings.bounce.domain,
                    max_recipients=smtp.max_recipients,
                    allowed_networks=list(smtp.allowed_networks),
-                   accounts={a.username: a for a in smtp.accounts})
+                   accounts={a.username: a for a in smtp.accounts},
+                   header_rules=header_rules(settings.headers), can_sign=can_sign,
+                   pass_unsigned=settings.signing.unsigned == "pass")
 
     def for_bounce_domain(self, recipient: str) -> bool:
         """Mail for the bounce domain is inbound (DSNs, complaints), never relayed."""
@@ -188,19 +203,43 @@ class IntakeHandler:
         inbound = [r for r in envelope.rcpt_tos if self.policy.for_bounce_domain(r)]
         outbound = [r for r in envelope.rcpt_tos if not self.policy.for_bounce_domain(r)]
         queue_id = new_queue_id(now)
+        prepared = self._prepare(session, data, queue_id, now) if outbound else None
+        if isinstance(prepared, str):
+            return prepared  # refused
         try:
             if inbound:
                 await self._store_inbound(session, envelope, data, inbound, now)
-            if outbound:
-                await self._store_outbound(server, session, envelope, data, outbound, queue_id, now)
+            if prepared is not None:
+                await self._store_outbound(session, envelope, prepared, outbound, queue_id, now)
         except StorageError as exc:
             log.error("storage failure at end of DATA from %s: %s", _peer_ip(session), exc)
             return self._refuse(replies.STORAGE_FAILURE)
         return replies.QUEUED.format(queue_id=queue_id)
 
-    async def _store_outbound(self, server: SMTP, session: Session, envelope: Envelope,
-                              data: bytes, recipients: list[str], queue_id: str,
-                              now: datetime) -> None:
+    def _prepare(self, session: Session, data: bytes, queue_id: str,
+                 now: datetime) -> Prepared | str:
+        """The message as it is queued, or the refusal: headers the gateway cannot relay
+        safely, a From domain the account may not use or that no key can sign for."""
+        account = _account(session)
+        try:
+            fields, body = split_message(data)
+            defaults = (Controls(account.default_stream, account.default_list or "") if account
+                        else Controls("marketing"))
+            controls = read_controls(fields, self.policy.header_rules, defaults)
+            author = author_domain(fields)
+        except HeaderProblem as exc:
+            return self._refuse(replies.BAD_HEADER, detail=str(exc))
+        if account is not None and author not in account.allowed_from_domains:
+            return self._refuse(replies.FROM_NOT_ALLOWED, domain=author)
+        if not self.policy.can_sign(author) and not self.policy.pass_unsigned:
+            return self._refuse(replies.NO_SIGNING_KEY, domain=author)
+        origin = Origin(sender_id=account.username if account else "local",
+                        hostname=self.policy.hostname, queue_id=queue_id, received_at=now)
+        queued = prepare_headers(fields, self.policy.header_rules, controls, origin)
+        return Prepared(join_message(queued, body), controls, message_id(header_block(data)))
+
+    async def _store_outbound(self, session: Session, envelope: Envelope, prepared: Prepared,
+                              recipients: list[str], queue_id: str, now: datetime) -> None:
         account = _account(session)
         trace = TraceInfo(helo=session.host_name or "", client_ip=_peer_ip(session),
                           hostname=self.policy.hostname, queue_id=queue_id,
@@ -208,10 +247,11 @@ class IntakeHandler:
                           received_at=now, recipient=recipients[0] if len(recipients) == 1 else None)
         await self.spool.store(NewMessage(
             queue_id=queue_id, received_at=now, mail_from=_reverse_path(envelope),
-            recipients=tuple(recipients), body=received_header(trace) + data,
+            recipients=tuple(recipients), body=received_header(trace) + prepared.data,
             client_ip=_peer_ip(session), helo=session.host_name or "",
             account=account.username if account else None,
-            header_message_id=message_id(header_block(data))))
+            header_message_id=prepared.message_id, stream=prepared.controls.stream,
+            list_key=prepared.controls.list_key, campaign=prepared.controls.campaign))
         metrics.MESSAGES_RECEIVED.inc()
         metrics.RECIPIENTS_RECEIVED.inc(len(recipients))
 
@@ -230,6 +270,24 @@ class IntakeHandler:
     def _refuse(reply: Reply, **values: str) -> str:
         metrics.SMTP_REFUSALS.labels(reply.name).inc()
         return reply.format(**values)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A message ready to be queued: rewritten bytes and what its headers said."""
+
+    data: bytes
+    controls: Controls
+    message_id: str | None
+
+
+def header_rules(settings: HeaderSettings) -> HeaderRules:
+    return HeaderRules(
+        stream_header=settings.stream_header.encode("ascii"),
+        list_header=settings.list_header.encode("ascii"),
+        campaign_header=settings.campaign_header.encode("ascii"),
+        strip=tuple(name.encode("ascii") for name in settings.strip),
+        replace_list_unsubscribe=settings.list_unsubscribe == "replace")
 
 
 NULL_PATH = "<>"  # DSNs' empty reverse-path; aiosmtpd needs a non-empty envelope.mail_from

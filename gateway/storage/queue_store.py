@@ -44,6 +44,9 @@ async def insert_messages(conn: AsyncConnection, batch: Sequence[NewMessage]) ->
         "header_message_id": message.header_message_id,
         "size": len(message.body),
         "recipient_count": len(message.recipients),
+        "stream": message.stream,
+        "list_key": message.list_key,
+        "campaign": message.campaign,
         "body": message.body,
     } for message in batch])
     await conn.execute(insert(deliveries), [{
@@ -92,14 +95,15 @@ async def claim_due(conn: AsyncConnection, *, node: str, now: datetime,
     rows = await conn.execute(
         select(deliveries.c.id, deliveries.c.queue_id, deliveries.c.recipient,
                deliveries.c.domain, deliveries.c.attempts, messages.c.mail_from,
-               messages.c.received_at)
+               messages.c.received_at, messages.c.stream, messages.c.list_key, messages.c.campaign)
         .join(messages, messages.c.queue_id == deliveries.c.queue_id)
         .where(deliveries.c.id.in_(ids))
         .order_by(deliveries.c.id)
     )
     return [ClaimedDelivery(delivery_id=r.id, queue_id=r.queue_id, recipient=r.recipient,
                             domain=r.domain, mail_from=r.mail_from, attempts=r.attempts,
-                            received_at=r.received_at) for r in rows]
+                            received_at=r.received_at, stream=r.stream, list_key=r.list_key,
+                            campaign=r.campaign) for r in rows]
 
 
 async def load_bodies(conn: AsyncConnection, queue_ids: Iterable[str]) -> dict[str, bytes]:

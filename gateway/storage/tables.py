@@ -69,6 +69,10 @@ messages = Table(
     Column("header_message_id", String(998)),
     Column("size", Integer, nullable=False),
     Column("recipient_count", Integer, nullable=False),
+    # From the X-Gateway-* control headers (or the account's defaults) at intake.
+    Column("stream", String(16), nullable=False, server_default="transactional"),
+    Column("list_key", String(64), nullable=False, server_default=""),
+    Column("campaign", String(64), nullable=False, server_default=""),
     # NULL once every delivery of the message is final (the body is no longer needed).
     Column("body", LargeBinary),
     Index(None, "header_message_id"),

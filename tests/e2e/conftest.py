@@ -15,10 +15,32 @@ from gateway.config.schema import Settings
 from gateway.runtime import Gateway
 from gateway.sandbox.dnsserver import LoopbackDnsServer
 from gateway.sandbox.sink import SinkServer
+from gateway.signing import keys
 from gateway.storage.migrate import upgrade
 
 SINK_IP = "127.0.1.5"
 DNS_IP = "127.0.0.53"
+SELECTOR = "s1"
+
+
+@dataclass(frozen=True)
+class DkimFiles:
+    rsa: Path
+    ed25519: Path
+    records: dict[str, str]  # algorithm -> TXT value
+
+
+@pytest.fixture(scope="session")
+def dkim_files(tmp_path_factory: pytest.TempPathFactory) -> DkimFiles:
+    """One RSA-2048 and one Ed25519 key for example.com, made once per test run."""
+    directory = tmp_path_factory.mktemp("keys")
+    paths, records = {}, {}
+    for algorithm in ("rsa", "ed25519"):
+        key = keys.generate_key(algorithm)
+        paths[algorithm] = directory / f"example.com.{algorithm}.pem"
+        keys.write_private_file(paths[algorithm], keys.private_pem(key))
+        records[algorithm] = keys.txt_value(key)
+    return DkimFiles(paths["rsa"], paths["ed25519"], records)
 
 
 @dataclass
@@ -39,13 +61,19 @@ StartGateway = Callable[..., Any]
 
 
 @pytest.fixture
-async def start_gateway(tmp_path: Path) -> AsyncIterator[StartGateway]:
-    """Start a gateway; keyword ``settings`` overlays the defaults below, ``policy`` the retry policy."""
+async def start_gateway(tmp_path: Path, dkim_files: DkimFiles) -> AsyncIterator[StartGateway]:
+    """Start a gateway; keyword ``settings`` overlays the defaults below, ``policy`` the retry policy.
+
+    example.com signs with an RSA key (selector s1) published in the loopback DNS.
+    """
     started: list[Running] = []
     sink = SinkServer(SINK_IP, 0)
     await sink.start()
     dns = LoopbackDnsServer({("example.net", "MX"): ["10 mx.example.net."],
-                             ("mx.example.net", "A"): [SINK_IP]}, host=DNS_IP, port=0)
+                             ("mx.example.net", "A"): [SINK_IP],
+                             (f"{SELECTOR}._domainkey.example.com", "TXT"): [dkim_files.records["rsa"]],
+                             ("e1._domainkey.example.com", "TXT"): [dkim_files.records["ed25519"]]},
+                            host=DNS_IP, port=0)
     await dns.start()
 
     async def start(settings: dict[str, Any] | None = None,
@@ -56,6 +84,9 @@ async def start_gateway(tmp_path: Path) -> AsyncIterator[StartGateway]:
             "http": {"admin_listen": None},
             "dns": {"nameservers": [f"{DNS_IP}:{dns.port}"], "timeout": "2s", "mx_port": sink.port},
             "bounce": {"domain": "bounces.example.com"},
+            "domains": [{"name": "example.com", "dkim": [
+                {"selector": SELECTOR, "algorithm": "rsa", "key_file": str(dkim_files.rsa)}]}],
+            "tokens": {"default_secret_file": str(tmp_path / "token.key")},
             "pools": [{"name": "default", "ips": [{"address": "127.0.0.10", "helo": "mta1.example.com"}]}],
         }
         config = Settings.model_validate(merge(base, settings or {}))

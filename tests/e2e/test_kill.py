@@ -22,6 +22,7 @@ import pytest
 
 from gateway.sandbox.sink import ReplyScript, SinkServer
 from gateway.storage.migrate import upgrade
+from tests.e2e.conftest import DkimFiles
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +37,8 @@ def _free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
-def _write_config(tmp_path: Path, smtp_port: int, admin_port: int, sink_port: int) -> Path:
+def _write_config(tmp_path: Path, smtp_port: int, admin_port: int, sink_port: int,
+                  dkim_key: Path) -> Path:
     policy = tmp_path / "policies"
     policy.mkdir()
     (policy / "providers.toml").write_text(
@@ -55,6 +57,11 @@ admin_listen = "127.0.0.1:{admin_port}"
 "example.net" = ["127.0.1.6:{sink_port}"]
 [policy]
 dir = "{policy}"
+[tokens]
+default_secret_file = "{tmp_path}/token.key"
+[[domains]]
+name = "example.com"
+dkim = [{{ selector = "s1", key_file = "{dkim_key}" }}]
 """)
     return config
 
@@ -83,7 +90,8 @@ def _sender(port: int, index: int, acknowledged: set[str], lock: threading.Lock)
         with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
             for n in range(PER_SENDER):
                 message_id = f"<kill-{index}-{n}@example.com>"
-                data = f"Message-ID: {message_id}\r\nSubject: {n}\r\n\r\nbody {n}\r\n"
+                data = (f"From: news@example.com\r\nMessage-ID: {message_id}\r\nSubject: {n}\r\n\r\n"
+                        f"body {n}\r\n")
                 client.sendmail("news@example.com", [f"user{index}.{n}@example.net"], data)
                 with lock:
                     acknowledged.add(message_id)
@@ -91,11 +99,11 @@ def _sender(port: int, index: int, acknowledged: set[str], lock: threading.Lock)
         return  # the gateway was killed under us: later messages were never acknowledged
 
 
-async def test_every_acknowledged_message_survives_sigkill(tmp_path: Path) -> None:
+async def test_every_acknowledged_message_survives_sigkill(tmp_path: Path, dkim_files: DkimFiles) -> None:
     sink = SinkServer("127.0.1.6", 0, script=ReplyScript().delay("data", 0.05))
     await sink.start()
     smtp_port, admin_port = _free_port("127.0.0.1"), _free_port("127.0.0.1")
-    config = _write_config(tmp_path, smtp_port, admin_port, sink.port)
+    config = _write_config(tmp_path, smtp_port, admin_port, sink.port, dkim_files.rsa)
     log = tmp_path / "gateway.log"
     await upgrade(f"sqlite:///{tmp_path}/gateway.db")
     process = _start(config, log)
@@ -107,7 +115,9 @@ async def test_every_acknowledged_message_survives_sigkill(tmp_path: Path) -> No
                    for i in range(SENDERS)]
         for thread in threads:
             thread.start()
+        deadline = time.monotonic() + 60
         while len(acknowledged) < KILL_AFTER:  # noqa: ASYNC110 - filled by sender threads
+            assert time.monotonic() < deadline, f"only {len(acknowledged)} acknowledged: {log.read_text()[-2000:]}"
             await asyncio.sleep(0.01)
         os.kill(process.pid, signal.SIGKILL)
         process.wait()

@@ -52,12 +52,17 @@ async def test_message_arrives_byte_exact_behind_a_received_header(start_gateway
     refused = await asyncio.to_thread(_send, running.port, ["alice@example.net"], MESSAGE)
     assert refused == {}
     [received] = await _delivered(running, 1)
-    assert received.mail_from == "news@example.com"
+    assert received.mail_from.startswith("b+") and received.mail_from.endswith("@bounces.example.com")
     assert received.rcpt_tos == ("alice@example.net",)
     assert received.peer_ip == "127.0.0.10"  # the pool's source address
     assert received.helo == "mta1.example.com"
-    assert received.data.startswith(b"Received: from mailer.example.com ([127.0.0.1])\r\n\tby gw.example.com")
-    assert received.data.endswith(MESSAGE)
+    signature, _, rest = received.data.partition(b"\r\nReceived: ")
+    assert signature.startswith(b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.com;")
+    assert rest.startswith(b"from mailer.example.com ([127.0.0.1])\r\n\tby gw.example.com")
+    # The mailer's header fields and body go out byte for byte; the gateway only adds fields.
+    original_headers, _, body = MESSAGE.partition(b"\r\n\r\n")
+    assert received.data.endswith(b"\r\n\r\n" + body)
+    assert original_headers + b"\r\n" in received.data
 
 
 async def test_connection_is_reused_for_a_batch(start_gateway: StartGateway) -> None:
@@ -220,7 +225,7 @@ async def test_null_sender_is_accepted_and_relayed(start_gateway: StartGateway) 
     running = await start_gateway()
     replies = await asyncio.to_thread(_raw_session, running.port, [
         b"EHLO mailer", b"MAIL FROM:<> SIZE=100", b"RCPT TO:<alice@example.net>", b"DATA"],
-        b"Subject: delivery status\r\n\r\nreport\r\n.\r\n")
+        b"From: MAILER-DAEMON@example.com\r\nSubject: delivery status\r\n\r\nreport\r\n.\r\n")
     assert replies[-4] == "250 2.1.0 sender ok", replies
     assert replies[-1].startswith("250 2.0.0 queued as "), replies[6:]
     [received] = await _delivered(running, 1)

@@ -58,7 +58,7 @@ def _starttls_session(port: int) -> tuple[bool, bool, dict[str, tuple[int, bytes
         client.ehlo("mailer.example.com")
         auth_after = client.has_extn("auth")
         client.login("shop", PASSWORD)
-        refused = client.sendmail("news@example.com", ["alice@example.net"], b"Subject: tls\r\n\r\nhi\r\n")
+        refused = client.sendmail("news@example.com", ["alice@example.net"], b"From: news@example.com\r\nSubject: tls\r\n\r\nhi\r\n")
     return auth_before, auth_after, refused
 
 
@@ -75,7 +75,7 @@ def _implicit_tls_session(port: int) -> dict[str, tuple[int, bytes]]:
         client.ehlo("mailer.example.com")
         assert client.has_extn("auth")
         client.login("shop", PASSWORD)
-        return client.sendmail("news@example.com", ["bob@example.net"], b"Subject: 465\r\n\r\nhi\r\n")
+        return client.sendmail("news@example.com", ["bob@example.net"], b"From: news@example.com\r\nSubject: 465\r\n\r\nhi\r\n")
 
 
 async def test_implicit_tls_listener_offers_auth(start_gateway: StartGateway, tmp_path: Path) -> None:
