@@ -268,6 +268,28 @@ async def purge(conn: AsyncConnection, now: datetime, *, queue_id: str | None = 
 
 
 @dataclass(frozen=True)
+class DeliveryRef:
+    """What a token names: one recipient's copy of one message, and its list and campaign."""
+
+    delivery_id: int
+    queue_id: str
+    recipient: str
+    list_key: str
+    campaign: str
+
+
+async def delivery_ref(conn: AsyncConnection, delivery_id: int) -> DeliveryRef | None:
+    row = (await conn.execute(
+        select(deliveries.c.id, deliveries.c.queue_id, deliveries.c.recipient,
+               messages.c.list_key, messages.c.campaign)
+        .join(messages, messages.c.queue_id == deliveries.c.queue_id)
+        .where(deliveries.c.id == delivery_id))).first()
+    if row is None:
+        return None
+    return DeliveryRef(row.id, row.queue_id, row.recipient, row.list_key, row.campaign)
+
+
+@dataclass(frozen=True)
 class TraceRow:
     at: datetime
     queue_id: str

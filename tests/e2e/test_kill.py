@@ -116,7 +116,7 @@ async def test_every_acknowledged_message_survives_sigkill(tmp_path: Path, dkim_
         for thread in threads:
             thread.start()
         deadline = time.monotonic() + 60
-        while len(acknowledged) < KILL_AFTER:  # noqa: ASYNC110 - filled by sender threads
+        while len(acknowledged) < KILL_AFTER:
             assert time.monotonic() < deadline, f"only {len(acknowledged)} acknowledged: {log.read_text()[-2000:]}"
             await asyncio.sleep(0.01)
         os.kill(process.pid, signal.SIGKILL)
