@@ -3,7 +3,9 @@
 Starts a sink MX and a gateway as subprocesses (SQLite WAL, synchronous=FULL, the
 shipped default policy), injects ``--messages`` messages of ``--size`` bytes over
 ``--concurrency`` parallel SMTP sessions (each session reuses its connection, as
-mailing tools do), and waits until the gateway reports every one delivered.
+mailing tools do), and waits until the gateway reports every one delivered. Each
+copy is DKIM-signed (``--dkim rsa``, the default; ``ed25519``; or ``none`` to pass
+unsigned) and gets its VERP return path and headers, as in production.
 
 Prints one JSON object and a summary line:
     python -m bench.relay --messages 20000 --size 10240 --concurrency 20
@@ -29,6 +31,8 @@ from typing import Any
 
 import aiosmtplib
 
+from gateway.signing import keys
+
 SINK_HOST = "127.0.1.7"
 DELIVERED = re.compile(r'^gateway_deliveries_total\{result="delivered"\} ([0-9.e+]+)$', re.MULTILINE)
 
@@ -39,9 +43,20 @@ def free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
-def write_config(root: Path, smtp_port: int, admin_port: int, sink_port: int) -> Path:
+def signing_config(root: Path, dkim: str) -> str:
+    """bench.example signs with a fresh key, or ("none") passes unsigned."""
+    tokens = f'[tokens]\ndefault_secret_file = "{root}/token.key"\n'
+    if dkim == "none":
+        return tokens + '[signing]\nunsigned = "pass"\n[[domains]]\nname = "bench.example"\n'
+    key_file = root / f"bench.{dkim}.pem"
+    keys.write_private_file(key_file, keys.private_pem(keys.generate_key(dkim)))
+    return (tokens + f'[[domains]]\nname = "bench.example"\n'
+            f'dkim = [{{ selector = "b1", algorithm = "{dkim}", key_file = "{key_file}" }}]\n')
+
+
+def write_config(root: Path, smtp_port: int, admin_port: int, sink_port: int, dkim: str) -> Path:
     config = root / "bench.toml"
-    config.write_text(f"""
+    config.write_text(signing_config(root, dkim) + f"""
 [smtp]
 listen = ["127.0.0.1:{smtp_port}"]
 hostname = "gw.bench.example"
@@ -123,7 +138,7 @@ def percentile(values: list[float], fraction: float) -> float:
 
 def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     sink_port, smtp_port, admin_port = free_port(SINK_HOST), free_port("127.0.0.1"), free_port("127.0.0.1")
-    config = write_config(root, smtp_port, admin_port, sink_port)
+    config = write_config(root, smtp_port, admin_port, sink_port, args.dkim)
     python = sys.executable
     sink = subprocess.Popen([python, "-m", "gateway.sandbox.sink", "--listen", f"{SINK_HOST}:{sink_port}"],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
@@ -149,6 +164,7 @@ def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     return {
         "benchmark": "relay",
         "messages": args.messages, "size": args.size, "concurrency": args.concurrency,
+        "dkim": args.dkim,
         "accepted_per_s": round(args.messages / (accepted_at - started), 1),
         "delivered_per_s_end_to_end": round(args.messages / (delivered_at - started), 1),
         "accept_latency_ms": {"p50": round(percentile(latencies, 0.5) * 1000, 2),
@@ -168,6 +184,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=10240)
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for deliveries")
+    parser.add_argument("--dkim", choices=["rsa", "ed25519", "none"], default="rsa",
+                        help="sign with an RSA-2048 or Ed25519 key, or pass unsigned")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-relay-") as tmp:
         result = run(args, Path(tmp))
@@ -175,7 +193,7 @@ def main() -> None:
     print(f"relay: {result['accepted_per_s']} accepted/s, {result['delivered_per_s_end_to_end']} "
           f"delivered/s end to end, accept p50 {result['accept_latency_ms']['p50']} ms "
           f"p99 {result['accept_latency_ms']['p99']} ms, peak RSS {result['gateway_peak_rss_mib']} MiB "
-          f"({args.messages} x {args.size} B, {args.concurrency} sessions)")
+          f"({args.messages} x {args.size} B, {args.concurrency} sessions, DKIM {args.dkim})")
 
 
 if __name__ == "__main__":

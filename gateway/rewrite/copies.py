@@ -69,11 +69,12 @@ def return_path(recipient: Recipient, codec: TokenCodec, rules: CopyRules) -> st
 
 def personal_headers(headers: Sequence[Header], recipient: Recipient, codec: TokenCodec,
                      rules: CopyRules) -> list[Header]:
-    result = list(headers)
-    if wants_list_unsubscribe(headers, recipient.controls, rules):
-        token = codec.issue(Purpose.UNSUBSCRIBE, recipient.delivery_id, _binding(recipient))
-        result.extend(list_unsubscribe(token, rules))
-    return result
+    if not wants_list_unsubscribe(headers, recipient.controls, rules):
+        return list(headers)
+    # A List-Unsubscribe-Post without its List-Unsubscribe means nothing: ours replaces it.
+    result = h.without(headers, [b"List-Unsubscribe-Post"])
+    token = codec.issue(Purpose.UNSUBSCRIBE, recipient.delivery_id, _binding(recipient))
+    return result + list_unsubscribe(token, rules)
 
 
 def _binding(recipient: Recipient) -> Binding:

@@ -11,6 +11,8 @@ import re
 from collections.abc import Iterable, Sequence
 from email.utils import getaddresses
 
+import idna
+
 Header = tuple[bytes, bytes]
 
 _FIELD_NAME = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
@@ -44,7 +46,9 @@ def parse_fields(block: bytes) -> list[Header]:
         match = _FIELD_NAME.match(line)
         if match is None:
             raise HeaderProblem(f"header line {number} is not a header field (no name: before the text)")
-        fields.append([match.group(1), line[match.end():] + b"\r\n"])
+        # The name keeps any blanks before the colon (obsolete syntax, RFC 5322 4.5) so that
+        # the field leaves byte for byte as it came; comparisons use key().
+        fields.append([line[: match.end() - 1], line[match.end():] + b"\r\n"])
     return [(name, value) for name, value in fields]
 
 
@@ -58,10 +62,15 @@ def field(name: bytes, value: str | bytes) -> Header:
     return name, b" " + raw + b"\r\n"
 
 
+def key(name: bytes) -> bytes:
+    """A field name as compared: case-insensitive, blanks before the colon ignored."""
+    return name.rstrip(b" \t").lower()
+
+
 def values(headers: Sequence[Header], name: bytes) -> list[str]:
     """Unfolded, stripped values of every field called ``name`` (case-insensitive)."""
     wanted = name.lower()
-    return [unfold(value) for field_name, value in headers if field_name.lower() == wanted]
+    return [unfold(value) for field_name, value in headers if key(field_name) == wanted]
 
 
 def unfold(value: bytes) -> str:
@@ -70,7 +79,7 @@ def unfold(value: bytes) -> str:
 
 def has(headers: Sequence[Header], name: bytes) -> bool:
     wanted = name.lower()
-    return any(field_name.lower() == wanted for field_name, _ in headers)
+    return any(key(field_name) == wanted for field_name, _ in headers)
 
 
 def without(headers: Sequence[Header], names: Iterable[bytes] = (),
@@ -79,7 +88,7 @@ def without(headers: Sequence[Header], names: Iterable[bytes] = (),
     drop = {name.lower() for name in names}
     starts = tuple(prefix.lower() for prefix in prefixes)
     return [(name, value) for name, value in headers
-            if name.lower() not in drop and not (starts and name.lower().startswith(starts))]
+            if key(name) not in drop and not (starts and key(name).startswith(starts))]
 
 
 def author_domain(headers: Sequence[Header]) -> str:
@@ -106,7 +115,7 @@ def a_label(domain: str) -> str:
     domain = domain.strip().rstrip(".").lower()
     if domain.isascii():
         return domain
-    try:
-        return domain.encode("idna").decode("ascii")
-    except UnicodeError:
+    try:  # IDNA 2008 with UTS 46 mapping, as DNS and DMARC use it (Python's codec is IDNA 2003)
+        return idna.encode(domain, uts46=True).decode("ascii")
+    except idna.IDNAError:
         raise HeaderProblem(f"the From domain {domain!r} is not a valid internationalized name") from None

@@ -23,6 +23,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from enum import StrEnum
 MAC_BYTES = 16
 TOKEN_LENGTH = 40
 MIN_SECRET_BYTES = 32
+_TOKEN = re.compile(rf"[a-zA-Z2-7]{{{TOKEN_LENGTH}}}")
 
 
 class Purpose(StrEnum):
@@ -79,8 +81,8 @@ class TokenCodec:
     @staticmethod
     def parse(token: str) -> TokenParts:
         """The parts of a well-formed token, before any MAC check (raises BadToken)."""
-        if len(token) != TOKEN_LENGTH or not token.isascii():
-            raise BadToken("wrong length")
+        if not _TOKEN.fullmatch(token):
+            raise BadToken(f"not {TOKEN_LENGTH} base32 characters")
         try:
             raw = base64.b32decode(token.upper())
         except (binascii.Error, ValueError):
