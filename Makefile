@@ -14,10 +14,14 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
-run: install
+run: install keys/example.com.s1.pem
 	mkdir -p var
 	$(BIN)/gateway db upgrade -c $(CONFIG)
 	exec $(BIN)/gateway serve -c $(CONFIG)
+
+# The example configuration's DKIM key; the DNS record to publish is printed once.
+keys/example.com.s1.pem: | install
+	$(BIN)/gateway dkim keygen example.com --selector s1 --key-file $@
 
 # pytest's exit code 5 (no tests collected) fails the target like any other non-zero code.
 test: install lint typecheck

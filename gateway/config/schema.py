@@ -190,8 +190,12 @@ class BounceSettings(Strict):
     verp: bool = True
 
 
+# RFC 6376 3.1: selector = sub-domain *( "." sub-domain ); labels of letters, digits, '-'.
+_SELECTOR = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*")
+
+
 def dkim_selector(value: str) -> str:
-    if not isinstance(value, str) or not is_hostname(value) or value.endswith("."):
+    if not isinstance(value, str) or not _SELECTOR.fullmatch(value):
         raise ValueError(f"bad DKIM selector {value!r}: use letters, digits and '-' (dots between labels)")
     return value.lower()
 

@@ -37,10 +37,16 @@ class KeyRing:
             for entry in domain.dkim:
                 if not entry.sign:
                     continue
+                where = f"domain {domain.name}, selector {entry.selector}"
+                if not entry.key_file.exists():
+                    problems.append(f"{where}: {entry.key_file}: file not found; create it with "
+                                    f"`gateway dkim keygen {domain.name} --selector {entry.selector} "
+                                    f"--algorithm {entry.algorithm} --key-file {entry.key_file}`")
+                    continue
                 try:
                     private = load_private_key(entry.key_file, entry.algorithm)
                 except KeyProblem as exc:
-                    problems.append(f"domain {domain.name}, selector {entry.selector}: {exc}")
+                    problems.append(f"{where}: {exc}")
                     continue
                 keys.append(SigningKey(domain.name, entry.selector, private))
             loaded.append(DomainKeys(domain.name, tuple(keys), domain.subdomains))

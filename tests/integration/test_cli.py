@@ -19,10 +19,73 @@ def gateway(*args: str, stdin: str = "", cwd: Path = ROOT) -> subprocess.Complet
                           text=True, cwd=cwd, timeout=60)
 
 
-def test_check_config_accepts_the_example() -> None:
-    result = gateway("check-config", "-c", "config.example.toml")
+def _key_overlay(tmp_path: Path, key_file: Path) -> Path:
+    overlay = tmp_path / "keys.toml"
+    overlay.write_text(f'[[domains]]\nname = "example.com"\ndkim = [{{ selector = "s1", key_file = "{key_file}" }}]\n'
+                       f'[tokens]\ndefault_secret_file = "{tmp_path}/token.key"\n')
+    return overlay
+
+
+def test_check_config_accepts_the_example_once_its_key_exists(tmp_path: Path) -> None:
+    key_file = tmp_path / "keys" / "example.com.s1.pem"
+    overlay = _key_overlay(tmp_path, key_file)
+    missing = gateway("check-config", "-c", "config.example.toml", "-c", str(overlay))
+    assert missing.returncode == 2
+    assert missing.stderr == (f"gateway: domain example.com, selector s1: {key_file}: file not found; create it "
+                              f"with `gateway dkim keygen example.com --selector s1 --algorithm rsa "
+                              f"--key-file {key_file}`\n")
+    assert gateway("dkim", "keygen", "example.com", "--selector", "s1", "--key-file", str(key_file)).returncode == 0
+    result = gateway("check-config", "-c", "config.example.toml", "-c", str(overlay))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("ok: ")
+    assert result.stdout.startswith("ok: ") and "1 DKIM signing key(s) for 1 domain(s)" in result.stdout
+
+
+def test_check_config_refuses_a_readable_key(tmp_path: Path) -> None:
+    key_file = tmp_path / "k.pem"
+    gateway("dkim", "keygen", "example.com", "--selector", "s1", "--key-file", str(key_file))
+    key_file.chmod(0o644)
+    result = gateway("check-config", "-c", "config.example.toml", "-c", str(_key_overlay(tmp_path, key_file)))
+    assert result.returncode == 2
+    assert result.stderr == (f"gateway: domain example.com, selector s1: {key_file}: readable by group or others "
+                             f"(mode 0644); run `chmod 600 {key_file}`\n")
+
+
+def test_dkim_keygen_prints_the_record_and_refuses_bad_input(tmp_path: Path) -> None:
+    result = gateway("dkim", "keygen", "Example.COM", "--selector", "e1", "--algorithm", "ed25519", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    [record] = [line for line in result.stdout.splitlines() if not line.startswith(";")]
+    assert record.startswith('e1._domainkey.example.com. IN TXT ( "v=DKIM1; k=ed25519; p=')
+    assert (tmp_path / "keys" / "example.com.e1.pem").stat().st_mode & 0o777 == 0o600
+    again = gateway("dkim", "keygen", "example.com", "--selector", "e1", "--algorithm", "ed25519", cwd=tmp_path)
+    assert again.returncode == 2 and "already exists" in again.stderr
+    weak = gateway("dkim", "keygen", "example.com", "--selector", "w", "--bits", "1024", cwd=tmp_path)
+    assert weak.returncode == 2 and "1024 bits refused" in weak.stderr
+    bad = gateway("dkim", "keygen", "not a domain", "--selector", "s1", cwd=tmp_path)
+    assert bad.returncode == 2 and "bad domain name" in bad.stderr
+    for result in (again, weak, bad):
+        assert "Traceback" not in result.stderr
+
+
+def test_dkim_rotate_prepares_a_second_selector_and_show_prints_both(tmp_path: Path) -> None:
+    key_file = tmp_path / "keys" / "example.com.s1.pem"
+    gateway("dkim", "keygen", "example.com", "--selector", "s1", "--key-file", str(key_file))
+    overlay = _key_overlay(tmp_path, key_file)
+    rotated = gateway("dkim", "rotate", "example.com", "--selector", "s2", "-c", "config.example.toml",
+                      "-c", str(overlay))
+    assert rotated.returncode == 0, rotated.stderr
+    new_key = tmp_path / "keys" / "example.com.s2.pem"
+    assert new_key.exists()
+    assert f'{{ selector = "s2", algorithm = "rsa", key_file = "{new_key}", sign = false }}' in rotated.stdout
+    assert "s1 keeps signing meanwhile" in rotated.stdout
+    overlay.write_text(overlay.read_text().replace(
+        "}]", f'}}, {{ selector = "s2", key_file = "{new_key}", sign = false }}]'))
+    shown = gateway("dkim", "show", "example.com", "-c", "config.example.toml", "-c", str(overlay))
+    assert shown.returncode == 0, shown.stderr
+    assert "; s1 (rsa, signing," in shown.stdout and "; s2 (rsa, not signing," in shown.stdout
+    assert shown.stdout.count("._domainkey.example.com. IN TXT") == 2
+    again = gateway("dkim", "rotate", "example.com", "--selector", "s2", "-c", "config.example.toml",
+                    "-c", str(overlay))
+    assert again.returncode == 2 and "already configured" in again.stderr
 
 
 def test_check_config_names_file_key_and_line(tmp_path: Path) -> None:

@@ -121,3 +121,37 @@ def test_policy_rejects_bad_values(tmp_path: Path) -> None:
     _write(tmp_path, "providers.toml", '[providers.default]\nretry_first = "1h"\nretry_max = "5m"\n')
     with pytest.raises(ConfigError, match="retry_max must not be shorter"):
         load_policy(tmp_path)
+
+
+@pytest.mark.parametrize(("toml", "problem"), [
+    ('[[domains]]\nname = "example.com"\ndkim = [{ selector = "a", key_file = "a.pem" }, '
+     '{ selector = "b", key_file = "b.pem" }]\n',
+     "selectors a, b all sign with rsa; set sign = false on all but one"),
+    ('[[domains]]\nname = "example.com"\ndkim = [{ selector = "a", key_file = "a.pem" }, '
+     '{ selector = "A", algorithm = "ed25519", key_file = "b.pem" }]\n', "duplicate selector 'a'"),
+    ('[[domains]]\nname = "example.com"\ndkim = [{ selector = "s_1", key_file = "a.pem" }]\n',
+     "bad DKIM selector 's_1'"),
+    ('[[domains]]\nname = "example.com"\ndkim = [{ selector = "s1", algorithm = "dsa", key_file = "a.pem" }]\n',
+     "algorithm: Input should be 'rsa' or 'ed25519'"),
+    ('[signing]\nunsigned = "maybe"\n', "unsigned: Input should be 'refuse' or 'pass'"),
+    ('[headers]\nlist_header = "X List"\n', "bad header field name 'X List'"),
+    ('[headers]\nlist_unsubscribe = "drop"\n', "Input should be 'replace' or 'keep'"),
+    ('[tokens]\ncurrent = 2\nkeys = [{ id = 1, secret_file = "t" }]\n', "current = 2 names no key in tokens.keys"),
+    ('[tokens]\nkeys = [{ id = 300, secret_file = "t" }]\n', "less than or equal to 255"),
+])
+def test_signing_header_and_token_settings_are_validated(tmp_path: Path, toml: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings([_write(tmp_path, "c.toml", toml)])
+    assert problem in "\n".join(caught.value.problems)
+
+
+def test_dual_signing_and_waiting_selectors_are_accepted(tmp_path: Path) -> None:
+    settings = load_settings([_write(tmp_path, "c.toml", (
+        '[[domains]]\nname = "Example.COM"\nsubdomains = true\ndkim = [\n'
+        '  { selector = "r1", key_file = "r1.pem" },\n'
+        '  { selector = "e1", algorithm = "ed25519", key_file = "e1.pem" },\n'
+        '  { selector = "r2", key_file = "r2.pem", sign = false },\n]\n'))])
+    [domain] = settings.domains
+    assert domain.name == "example.com" and domain.subdomains
+    assert [(k.selector, k.algorithm, k.sign) for k in domain.dkim] == [
+        ("r1", "rsa", True), ("e1", "ed25519", True), ("r2", "rsa", False)]
