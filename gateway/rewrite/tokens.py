@@ -3,18 +3,21 @@
 A token names a delivery (one recipient's copy of one message) and proves that the
 gateway issued it:
 
-    token = base32(key_id:1 | delivery_id:8 | mac:16), lower case, no padding (40 characters)
+    token = base32(key_id:1 | masked_id:8 | mac:16), lower case, no padding (40 characters)
     mac   = HMAC-SHA256(secret[key_id], purpose | delivery_id | recipient | list | campaign)[:16]
+    masked_id = delivery_id XOR HMAC-SHA256(secret[key_id], "delivery-id" | mac)[:8]
 
-It holds no address: whoever reads it learns a number, and whoever changes a bit of it
-(or guesses one) gets a MAC that does not match. The MAC binds the purpose, so a VERP
+It holds no address, and the mask hides even the delivery number (sequential ids would
+tell anyone how much mail the sender sends). Whoever changes a bit of it, or guesses one,
+gets a MAC that does not match. The MAC binds the purpose, so a VERP
 token seen in a Return-Path cannot be replayed as an unsubscribe token. The key id
 lets keys rotate: new tokens use the current key, old ones verify while their key is
 still configured. Base32 in lower case survives MTAs that change the case of local
 parts, and 40 characters leave room in the 64-octet local part ("unsubscribe+" + 40).
 
-Checking a token needs the delivery's recipient, list and campaign: the caller looks the
-delivery up by :attr:`TokenParts.delivery_id` and passes them to :meth:`TokenCodec.verify`.
+Checking a token needs the delivery's recipient, list and campaign: the caller parses it
+(:meth:`TokenCodec.parse`), looks the delivery up by :attr:`TokenParts.delivery_id` and
+passes them to :meth:`TokenCodec.verify`.
 """
 
 from __future__ import annotations
@@ -74,21 +77,31 @@ class TokenCodec:
         self.current = current
 
     def issue(self, purpose: Purpose, delivery_id: int, binding: Binding) -> str:
+        if not 0 <= delivery_id < 1 << 64:
+            raise ValueError(f"delivery id {delivery_id} does not fit in 64 bits")
         mac = self._mac(self.current, purpose, delivery_id, binding)
-        raw = struct.pack(">BQ", self.current, delivery_id) + mac
+        masked = delivery_id ^ self._id_mask(self.current, mac)
+        raw = struct.pack(">BQ", self.current, masked) + mac
         return base64.b32encode(raw).decode("ascii").lower()
 
-    @staticmethod
-    def parse(token: str) -> TokenParts:
-        """The parts of a well-formed token, before any MAC check (raises BadToken)."""
+    def parse(self, token: str) -> TokenParts:
+        """The parts of a well-formed token under a known key, before the MAC check
+        (raises BadToken)."""
         if not _TOKEN.fullmatch(token):
             raise BadToken(f"not {TOKEN_LENGTH} base32 characters")
         try:
             raw = base64.b32decode(token.upper())
         except (binascii.Error, ValueError):
             raise BadToken("not base32") from None
-        key_id, delivery_id = struct.unpack(">BQ", raw[:9])
-        return TokenParts(key_id, delivery_id, raw[9:])
+        key_id, masked = struct.unpack(">BQ", raw[:9])
+        if key_id not in self._secrets:
+            raise BadToken("unknown key")
+        mac = raw[9:]
+        return TokenParts(key_id, masked ^ self._id_mask(key_id, mac), mac)
+
+    def _id_mask(self, key_id: int, mac: bytes) -> int:
+        digest = hmac.new(self._secrets[key_id], b"delivery-id\x00" + mac, hashlib.sha256).digest()
+        return int.from_bytes(digest[:8], "big")
 
     def verify(self, parts: TokenParts, purpose: Purpose, binding: Binding) -> None:
         """Raise BadToken unless ``parts`` were issued for this purpose and binding."""
