@@ -95,7 +95,8 @@ class Gateway:
         copy = await self.copies.make(claim, stored)
         if isinstance(copy, AttemptResult):
             return copy
-        return await self.agent.deliver(copy.mail_from, claim.recipient, claim.domain, copy.data)
+        return await self.agent.deliver(copy.mail_from, claim.recipient, claim.domain, copy.head,
+                                        copy.body, smtputf8=copy.smtputf8)
 
     async def start(self) -> None:
         await self._check_schema()
@@ -108,6 +109,11 @@ class Gateway:
             self._tasks.append(asyncio.create_task(self.admin.serve(), name="admin-http"))
         self.listeners = await start_listeners(self.settings.smtp, self.handler, self.connections)
         self.ready = True
+        for line in self.keyring.describe():
+            log.info("DKIM signing for %s", line)
+        if not self.settings.http.public_url.startswith("https://"):
+            log.warning("http.public_url is %s: receivers expect https one-click links (RFC 8058)",
+                        self.settings.http.public_url)
         log.info("gateway %s ready: SMTP on %s", self.node,
                  ", ".join(f"{listener.endpoint.host}:{listener.port}" for listener in self.listeners))
 

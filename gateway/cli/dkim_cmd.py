@@ -80,7 +80,8 @@ def _rotate(args: argparse.Namespace, configured: SendingDomain) -> int:
     print(f";  2. add to the [[domains]] entry for {domain}: "
           f"{_toml_entry(selector, args.algorithm, path, sign=False)}")
     print(";  3. once the record resolves everywhere (a day is safe), set sign = true on "
-          f"{selector}" + (f" and sign = false on {old}" if old else "") + ", then reload")
+          f"{selector}" + (f" and sign = false on {old}" if old else "") +
+          ", then restart the gateway (keys are read at start)")
     if old:
         print(f";  4. keep {old}'s record published about a week for mail still in transit, then remove it")
     return 0

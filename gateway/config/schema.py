@@ -15,8 +15,10 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from gateway.config.units import (
+    KEY_RULE,
     HostPort,
     is_hostname,
+    is_key,
     parse_duration,
     parse_host_port,
     parse_size,
@@ -91,11 +93,28 @@ def _reject_duplicates(label: str, names: list[str]) -> None:
         seen.add(name)
 
 
+def _list_key(value: str) -> str:
+    if not isinstance(value, str) or not is_key(value):
+        raise ValueError(f"bad list key {value!r}: use {KEY_RULE}")
+    return value
+
+
+ListKey = Annotated[str, BeforeValidator(_list_key)]
+
+
+def _public_url(value: str) -> str:
+    """The base of unsubscribe links: it goes inside <...> in List-Unsubscribe."""
+    if not isinstance(value, str) or not re.fullmatch(r"https?://[^\s<>,\"]+", value):
+        raise ValueError(f"bad public_url {value!r}: expected http(s)://HOST[:PORT][/PATH] "
+                         "without spaces, commas or angle brackets")
+    return value.rstrip("/")
+
+
 class Account(Strict):
     username: str = Field(min_length=1, max_length=256)
     password_hash: str = Field(min_length=1)
     allowed_from_domains: list[DomainName] = Field(min_length=1)
-    default_list: str | None = None
+    default_list: ListKey | None = None
     default_stream: Stream = "marketing"
 
     @field_validator("password_hash")
@@ -117,6 +136,9 @@ class SmtpSettings(Strict):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     max_message_size: Size = Field(default=25_000_000, gt=0)
+    # The header section is parsed and rewritten on the event loop, once at intake and once
+    # per recipient: it is bounded separately (Postfix: header_size_limit).
+    max_header_size: Size = Field(default=1 << 20, gt=0)
     max_recipients: int = Field(default=100, ge=1, le=100_000)
     max_connections: int = Field(default=1000, ge=1)
     max_connections_per_ip: int = Field(default=20, ge=1)
@@ -172,7 +194,8 @@ OptionalEndpoint = Annotated[HostPort | None, BeforeValidator(_endpoint_or_off)]
 class HttpSettings(Strict):
     admin_listen: OptionalEndpoint = Field(default_factory=lambda: parse_host_port("127.0.0.1:8025"))
     public_listen: OptionalEndpoint = Field(default_factory=lambda: parse_host_port("127.0.0.1:8080"))
-    public_url: str = "http://127.0.0.1:8080"
+    # RFC 8058 one-click needs https on the Internet; http is for trying things locally.
+    public_url: Annotated[str, BeforeValidator(_public_url)] = "http://127.0.0.1:8080"
 
 
 class DnsSettings(Strict):

@@ -114,3 +114,13 @@ def is_ip_address(text: str) -> bool:
 
 def is_hostname(text: str) -> bool:
     return bool(_HOSTNAME_RE.match(text))
+
+
+# List and campaign keys: they travel in Feedback-ID (colon-separated), token MACs and
+# 64-character columns, so they are plain tokens.
+KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+KEY_RULE = "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+
+def is_key(text: str) -> bool:
+    return bool(KEY_PATTERN.fullmatch(text))

@@ -51,7 +51,9 @@ class SessionLimits:
 class Job:
     mail_from: str
     recipient: str
-    body: bytes
+    head: bytes  # this copy's own header section
+    body: bytes | memoryview  # shared by the message's copies; joined only when sent
+    smtputf8: bool
     future: asyncio.Future[AttemptResult]
 
 
@@ -100,11 +102,12 @@ class DeliveryAgent:
         """New policy; open connections finish under the old one."""
         self.limits = limits
 
-    async def deliver(self, mail_from: str, recipient: str, domain: str,
-                      body: bytes) -> AttemptResult:
+    async def deliver(self, mail_from: str, recipient: str, domain: str, head: bytes,
+                      body: bytes | memoryview = b"", *, smtputf8: bool = False) -> AttemptResult:
+        """Send ``head + body``; ``smtputf8`` asks for SMTPUTF8 even with an ASCII envelope."""
         future: asyncio.Future[AttemptResult] = asyncio.get_running_loop().create_future()
         lane = self._lanes.setdefault(domain, _Lane(domain))
-        lane.queue.put_nowait(Job(mail_from, recipient, body, future))
+        lane.queue.put_nowait(Job(mail_from, recipient, head, body, smtputf8, future))
         self._staff(lane)
         return await future
 
@@ -229,11 +232,12 @@ class DeliveryAgent:
 
     async def _transaction(self, conn: _Connection, job: Job) -> AttemptResult:
         client, remote, source_ip = conn.client, conn.remote, conn.source.address
+        data = job.head + job.body
         options = []
-        if _has_8bit(job.body) and client.supports_extension("8bitmime"):
+        if _has_8bit(data) and client.supports_extension("8bitmime"):
             options.append("BODY=8BITMIME")
         encoding = "ascii"
-        if not (job.mail_from + job.recipient).isascii():
+        if job.smtputf8 or not (job.mail_from + job.recipient).isascii():
             if not client.supports_extension("smtputf8"):
                 return replies.permanent(  # RFC 6531 3.4; Postfix does the same
                     "5.6.7 remote server does not support SMTPUTF8, needed for this address",
@@ -243,7 +247,7 @@ class DeliveryAgent:
         try:
             await client.mail(job.mail_from, options=options, encoding=encoding)
             await client.rcpt(job.recipient, encoding=encoding)
-            response = await client.data(job.body)
+            response = await client.data(data)
         except aiosmtplib.SMTPResponseException as exc:
             await _reset(conn)
             return replies.from_reply(exc.code, exc.message, remote=remote, source_ip=source_ip)

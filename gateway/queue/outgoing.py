@@ -1,8 +1,10 @@
 """Turns a claimed delivery and its stored message into the copy that goes out.
 
 The pure work (headers, tokens, signatures) is in rewrite/ and signing/; this adds the
-state around it: the body hash, computed once per message and reused for each of its
-recipients, and a worker thread for hashing bodies large enough to stall the event loop.
+state around it. A message's header section, From domain and body hash are worked out
+once and shared by all its recipients, even when their deliveries start together (one
+computation, the others wait for it). Bodies large enough to stall the event loop are
+hashed in a worker thread.
 """
 
 from __future__ import annotations
@@ -11,17 +13,37 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from gateway.records import AttemptResult, ClaimedDelivery
 from gateway.rewrite.copies import Copy, CopyRules, Recipient, make_copy
-from gateway.rewrite.headers import HeaderProblem, author_domain, split_message
+from gateway.rewrite.headers import (
+    Header,
+    HeaderProblem,
+    author_domain,
+    body_offset,
+    header_length,
+    parse_fields,
+)
 from gateway.rewrite.message import Controls, Stream
 from gateway.rewrite.tokens import TokenCodec
 from gateway.signing.keyring import KeyRing
+from gateway.signing.keys import SigningKey
 from gateway.signing.signer import body_hash
 
-THREAD_HASH_BYTES = 256 * 1024  # ~2 ms of canonicalization: above this, hash in a thread
-BODY_HASHES_KEPT = 4096
+THREAD_HASH_BYTES = 256 * 1024  # ~0.1-2 ms of canonicalization: above this, hash in a thread
+MESSAGES_KEPT = 4096
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """What every copy of one stored message shares."""
+
+    headers: list[Header]
+    body: memoryview
+    keys: tuple[SigningKey, ...]
+    bh: bytes
+    problem: AttemptResult | None = None
 
 
 class CopyMaker:
@@ -32,34 +54,52 @@ class CopyMaker:
         self.rules = rules
         self.pass_unsigned = pass_unsigned
         self.clock = clock
-        self._body_hashes: OrderedDict[str, bytes] = OrderedDict()
+        self._parsed: OrderedDict[str, asyncio.Future[Parsed]] = OrderedDict()
 
     async def make(self, claim: ClaimedDelivery, stored: bytes) -> Copy | AttemptResult:
         """The copy for ``claim``, or the attempt's result when none can be made now."""
-        try:
-            headers, body = split_message(stored)
-            author = author_domain(headers)
-        except HeaderProblem as exc:  # intake checked this; only rows queued before can fail
-            return AttemptResult("permanent", f"5.6.0 message cannot be signed: {exc}")
-        keys = self.keyring.keys_for(author)
-        if not keys and not self.pass_unsigned:
-            # The key was removed from the config after intake: wait for the operator.
-            return AttemptResult("transient", f"4.7.0 no DKIM key for From domain {author}")
-        bh = await self._body_hash(claim.queue_id, body) if keys else b""
+        parsed = await self._parse_once(claim.queue_id, stored)
+        if parsed.problem is not None:
+            return parsed.problem
         stream: Stream = "marketing" if claim.stream == "marketing" else "transactional"
         recipient = Recipient(claim.delivery_id, claim.recipient, claim.mail_from,
                               Controls(stream, claim.list_key, claim.campaign))
-        return make_copy(headers, body, bh, recipient, keys, self.codec, self.rules,
-                         int(self.clock()))
+        return make_copy(parsed.headers, parsed.body, parsed.bh, recipient, parsed.keys,
+                         self.codec, self.rules, int(self.clock()))
 
-    async def _body_hash(self, queue_id: str, body: bytes) -> bytes:
-        known = self._body_hashes.get(queue_id)
+    async def _parse_once(self, queue_id: str, stored: bytes) -> Parsed:
+        known = self._parsed.get(queue_id)
         if known is not None:
-            self._body_hashes.move_to_end(queue_id)
-            return known
+            self._parsed.move_to_end(queue_id)
+            return await asyncio.shield(known)
+        future: asyncio.Future[Parsed] = asyncio.get_running_loop().create_future()
+        self._parsed[queue_id] = future
+        if len(self._parsed) > MESSAGES_KEPT:
+            self._parsed.popitem(last=False)
+        try:
+            future.set_result(await self._parse(stored))
+        except BaseException as exc:
+            self._parsed.pop(queue_id, None)
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters get it, nobody is warned twice
+            raise
+        return future.result()
+
+    async def _parse(self, stored: bytes) -> Parsed:
+        body = memoryview(stored)[body_offset(stored):]
+        try:
+            headers = parse_fields(stored[:header_length(stored)])
+            author = author_domain(headers)
+        except HeaderProblem as exc:  # intake checked this; only rows queued before can fail
+            return Parsed([], body, (), b"",
+                          AttemptResult("permanent", f"5.6.0 message cannot be signed: {exc}"))
+        keys = self.keyring.keys_for(author)
+        if not keys and not self.pass_unsigned:
+            # The key was removed from the config after intake: wait for the operator.
+            return Parsed([], body, (), b"",
+                          AttemptResult("transient", f"4.7.0 no DKIM key for From domain {author}"))
+        if not keys:
+            return Parsed(headers, body, (), b"")
         bh = (await asyncio.to_thread(body_hash, body) if len(body) > THREAD_HASH_BYTES
               else body_hash(body))
-        self._body_hashes[queue_id] = bh
-        if len(self._body_hashes) > BODY_HASHES_KEPT:
-            self._body_hashes.popitem(last=False)
-        return bh
+        return Parsed(headers, body, keys, bh)

@@ -40,8 +40,17 @@ class Recipient:
 
 @dataclass(frozen=True)
 class Copy:
+    """One recipient's copy: its own header section, and the body shared with its siblings
+    (a view, not a copy: a queue of waiting copies holds one body, not one each)."""
+
     mail_from: str
-    data: bytes
+    head: bytes
+    body: memoryview
+    smtputf8: bool = False  # the mailer sent it with SMTPUTF8 (VERP hides a UTF-8 sender)
+
+    @property
+    def data(self) -> bytes:
+        return self.head + self.body
 
 
 def list_unsubscribe(token: str, rules: CopyRules) -> list[Header]:
@@ -81,11 +90,12 @@ def _binding(recipient: Recipient) -> Binding:
     return Binding(recipient.address, recipient.controls.list_key, recipient.controls.campaign)
 
 
-def make_copy(headers: Sequence[Header], body: bytes, bh: bytes, recipient: Recipient,
+def make_copy(headers: Sequence[Header], body: bytes | memoryview, bh: bytes, recipient: Recipient,
               keys: Sequence[SigningKey], codec: TokenCodec, rules: CopyRules,
               timestamp: int) -> Copy:
     """The bytes and return path for one recipient; ``bh`` is :func:`signer.body_hash` of body."""
     fields = personal_headers(headers, recipient, codec, rules)
     signatures = b"".join(signer.sign(fields, bh, key, timestamp) for key in keys)
-    data = signatures + h.join_message(fields, body)
-    return Copy(return_path(recipient, codec, rules), data)
+    head = signatures + h.join_message(fields, b"")
+    return Copy(return_path(recipient, codec, rules), head, memoryview(body),
+                smtputf8=not recipient.mail_from.isascii())

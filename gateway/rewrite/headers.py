@@ -25,31 +25,44 @@ class HeaderProblem(ValueError):
 
 def split_message(data: bytes) -> tuple[list[Header], bytes]:
     """Header fields and the body (what follows the empty line; b"" when there is none)."""
+    return parse_fields(data[:header_length(data)]), data[body_offset(data):]
+
+
+def header_length(data: bytes) -> int:
+    """Octets in the header section, final CRLF included, without parsing it."""
     if data.startswith(b"\r\n"):
-        return [], data[2:]
+        return 0
     end = data.find(b"\r\n\r\n")
-    block, body = (data[: end + 2], data[end + 4:]) if end >= 0 else (data, b"")
-    return parse_fields(block), body
+    return len(data) if end < 0 else end + 2
+
+
+def body_offset(data: bytes) -> int:
+    """Where the body starts: after the empty line, or at the end when there is none."""
+    split = header_length(data)
+    return split + 2 if data[split:split + 2] == b"\r\n" else len(data)
 
 
 def parse_fields(block: bytes) -> list[Header]:
-    fields: list[list[bytes]] = []
+    """Fields in order; linear in the block's size (continuation lines are joined once)."""
+    names: list[bytes] = []
+    parts: list[list[bytes]] = []  # each field's value lines, CRLF-terminated
     lines = block.split(b"\r\n")
     if lines and lines[-1] == b"":
         lines.pop()
     for number, line in enumerate(lines, start=1):
         if line[:1] in (b" ", b"\t"):
-            if not fields:
+            if not parts:
                 raise HeaderProblem("the message starts with a folded (indented) line")
-            fields[-1][1] += line + b"\r\n"
+            parts[-1].append(line + b"\r\n")
             continue
         match = _FIELD_NAME.match(line)
         if match is None:
             raise HeaderProblem(f"header line {number} is not a header field (no name: before the text)")
         # The name keeps any blanks before the colon (obsolete syntax, RFC 5322 4.5) so that
         # the field leaves byte for byte as it came; comparisons use key().
-        fields.append([line[: match.end() - 1], line[match.end():] + b"\r\n"])
-    return [(name, value) for name, value in fields]
+        names.append(line[: match.end() - 1])
+        parts.append([line[match.end():] + b"\r\n"])
+    return [(name, b"".join(value)) for name, value in zip(names, parts, strict=True)]
 
 
 def join_message(headers: Iterable[Header], body: bytes) -> bytes:
@@ -118,4 +131,4 @@ def a_label(domain: str) -> str:
     try:  # IDNA 2008 with UTS 46 mapping, as DNS and DMARC use it (Python's codec is IDNA 2003)
         return idna.encode(domain, uts46=True).decode("ascii")
     except idna.IDNAError:
-        raise HeaderProblem(f"the From domain {domain!r} is not a valid internationalized name") from None
+        raise HeaderProblem(f"the From domain {domain[:80]!a} is not a valid IDN") from None

@@ -17,6 +17,7 @@ from datetime import datetime
 from email.utils import format_datetime
 from typing import Literal
 
+from gateway.config.units import KEY_RULE, is_key
 from gateway.rewrite import headers as h
 from gateway.rewrite.headers import Header, HeaderProblem
 
@@ -24,7 +25,6 @@ Stream = Literal["marketing", "transactional"]
 STREAMS: tuple[Stream, ...] = ("marketing", "transactional")
 CONTROL_PREFIX = b"X-Gateway-"
 LIST_UNSUBSCRIBE = (b"List-Unsubscribe", b"List-Unsubscribe-Post")
-_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def read_controls(headers: Sequence[Header], rules: HeaderRules, defaults: Contr
     stream = _single(headers, rules.stream_header)
     if stream is not None and stream.lower() not in STREAMS:
         raise HeaderProblem(f"{rules.stream_header.decode()} must be marketing or transactional, "
-                            f"not {stream[:40]!r}")
+                            f"not {stream[:40]!a}")
     list_key = _key(headers, rules.list_header)
     campaign = _key(headers, rules.campaign_header)
     return Controls(
@@ -89,9 +89,8 @@ def _single(headers: Sequence[Header], name: bytes) -> str | None:
 
 def _key(headers: Sequence[Header], name: bytes) -> str | None:
     value = _single(headers, name)
-    if value is not None and not _KEY.fullmatch(value):
-        raise HeaderProblem(f"{name.decode()} must be 1-64 letters, digits, '.', '_' or '-', "
-                            f"not {value[:40]!r}")
+    if value is not None and not is_key(value):
+        raise HeaderProblem(f"{name.decode()} must be {KEY_RULE}, not {value[:40]!a}")
     return value
 
 

@@ -5,7 +5,7 @@ gateway issued it:
 
     token = base32(key_id:1 | masked_id:8 | mac:16), lower case, no padding (40 characters)
     mac   = HMAC-SHA256(secret[key_id], purpose | delivery_id | recipient | list | campaign)[:16]
-    masked_id = delivery_id XOR HMAC-SHA256(secret[key_id], "delivery-id" | mac)[:8]
+    masked_id = delivery_id XOR (HMAC-SHA256(secret[key_id], "delivery-id" | mac)[:8] & 2^63-1)
 
 It holds no address, and the mask hides even the delivery number (sequential ids would
 tell anyone how much mail the sender sends). Whoever changes a bit of it, or guesses one,
@@ -35,6 +35,7 @@ from enum import StrEnum
 MAC_BYTES = 16
 TOKEN_LENGTH = 40
 MIN_SECRET_BYTES = 32
+MAX_DELIVERY_ID = (1 << 63) - 1  # a signed 64-bit column holds it on SQLite and PostgreSQL
 _TOKEN = re.compile(rf"[a-zA-Z2-7]{{{TOKEN_LENGTH}}}")
 
 
@@ -77,8 +78,8 @@ class TokenCodec:
         self.current = current
 
     def issue(self, purpose: Purpose, delivery_id: int, binding: Binding) -> str:
-        if not 0 <= delivery_id < 1 << 64:
-            raise ValueError(f"delivery id {delivery_id} does not fit in 64 bits")
+        if not 0 <= delivery_id <= MAX_DELIVERY_ID:
+            raise ValueError(f"delivery id {delivery_id} does not fit in 63 bits")
         mac = self._mac(self.current, purpose, delivery_id, binding)
         masked = delivery_id ^ self._id_mask(self.current, mac)
         raw = struct.pack(">BQ", self.current, masked) + mac
@@ -96,12 +97,14 @@ class TokenCodec:
         key_id, masked = struct.unpack(">BQ", raw[:9])
         if key_id not in self._secrets:
             raise BadToken("unknown key")
+        if masked > MAX_DELIVERY_ID:  # never issued: ids are 63-bit, like the database's BIGINT
+            raise BadToken("delivery id out of range")
         mac = raw[9:]
         return TokenParts(key_id, masked ^ self._id_mask(key_id, mac), mac)
 
     def _id_mask(self, key_id: int, mac: bytes) -> int:
         digest = hmac.new(self._secrets[key_id], b"delivery-id\x00" + mac, hashlib.sha256).digest()
-        return int.from_bytes(digest[:8], "big")
+        return int.from_bytes(digest[:8], "big") & MAX_DELIVERY_ID
 
     def verify(self, parts: TokenParts, purpose: Purpose, binding: Binding) -> None:
         """Raise BadToken unless ``parts`` were issued for this purpose and binding."""

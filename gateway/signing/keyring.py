@@ -55,13 +55,22 @@ class KeyRing:
         return cls(loaded)
 
     def keys_for(self, author_domain: str) -> tuple[SigningKey, ...]:
-        """The keys aligned with ``author_domain``; empty when none is configured."""
+        """The keys aligned with ``author_domain``; empty when none is configured.
+
+        A domain listed without a signing key does not hide a parent that signs for its
+        subdomains."""
         exact = self._domains.get(author_domain)
-        if exact is not None:
+        if exact is not None and exact.keys:
             return exact.keys
         labels = author_domain.split(".")
         for start in range(1, len(labels) - 1):
             parent = self._domains.get(".".join(labels[start:]))
-            if parent is not None and parent.subdomains:
+            if parent is not None and parent.subdomains and parent.keys:
                 return parent.keys
         return ()
+
+    def describe(self) -> list[str]:
+        """One line per signing domain, for the start-up log."""
+        return [f"{entry.domain}{' and subdomains' if entry.subdomains else ''}: "
+                + ", ".join(f"{key.selector} ({key.algorithm})" for key in entry.keys)
+                for entry in self._domains.values() if entry.keys]

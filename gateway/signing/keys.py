@@ -8,8 +8,10 @@ mail that passes DMARC for the domain, and rotating it means a DNS change.
 from __future__ import annotations
 
 import base64
+import errno
 import os
 import stat
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -33,21 +35,33 @@ class KeyProblem(ValueError):
 
 
 def check_private_file(path: Path) -> bytes:
-    """Read a secret file, refusing one that group or others may read."""
+    """Read a secret file that only the gateway's user can read or change.
+
+    Group or other access of any kind is refused: whoever can write a token secret or a
+    key can forge unsubscribe links or make the gateway sign with a key they know. The
+    checks and the read use one descriptor, opened without following a symbolic link,
+    so the file cannot be swapped between them.
+    """
     try:
-        info = path.stat()
-        if not stat.S_ISREG(info.st_mode):
-            raise KeyProblem(f"{path}: not a regular file")
-        if info.st_mode & (stat.S_IRGRP | stat.S_IROTH):
-            raise KeyProblem(f"{path}: readable by group or others (mode {stat.S_IMODE(info.st_mode):04o}); "
-                             f"run `chmod 600 {path}`")
-        return path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
         raise KeyProblem(f"{path}: file not found") from None
     except PermissionError:
         raise KeyProblem(f"{path}: permission denied (the gateway's user must own it)") from None
     except OSError as exc:
-        raise KeyProblem(f"{path}: cannot read: {exc.strerror}") from None
+        reason = "a symbolic link (give the real path)" if exc.errno == errno.ELOOP else exc.strerror
+        raise KeyProblem(f"{path}: cannot open: {reason}") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise KeyProblem(f"{path}: not a regular file")
+        if info.st_uid != os.geteuid():
+            raise KeyProblem(f"{path}: owned by uid {info.st_uid}, not by the gateway's user "
+                             f"(uid {os.geteuid()}); run `chown` on it")
+        if info.st_mode & 0o077:
+            raise KeyProblem(f"{path}: group or others have access (mode {stat.S_IMODE(info.st_mode):04o}); "
+                             f"run `chmod 600 {path}`")
+        return handle.read()
 
 
 def parse_private_key(pem: bytes, algorithm: Algorithm, where: str) -> PrivateKey:
@@ -98,16 +112,22 @@ def private_pem(key: PrivateKey) -> bytes:
 
 
 def write_private_file(path: Path, content: bytes) -> None:
-    """Create ``path`` with mode 0600; never overwrite (a replaced key breaks live DNS)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Create ``path`` with mode 0600, whole or not at all; never overwrite one (a replaced
+    key breaks the published DNS record)."""
+    if path.exists() or path.is_symlink():
+        raise KeyProblem(f"{path}: already exists; choose another path or selector")
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(content)
+            out.flush()
+            os.fsync(out.fileno())
+        os.link(temporary, path)  # fails if the path appeared meanwhile, unlike rename
     except FileExistsError:
         raise KeyProblem(f"{path}: already exists; choose another path or selector") from None
-    with os.fdopen(fd, "wb") as out:
-        out.write(content)
-        out.flush()
-        os.fsync(out.fileno())
+    finally:
+        os.unlink(temporary)
 
 
 def public_key_text(key: PrivateKey) -> str:

@@ -7,7 +7,6 @@ lenient server further on), so the gateway refuses them instead of passing them 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime
@@ -17,8 +16,6 @@ from gateway.smtp.replies import Reply
 
 MAX_LINE = 998  # octets, without CRLF (RFC 5321 4.5.3.1.6)
 
-_HEADER_END = re.compile(rb"\r\n\r\n")
-_MESSAGE_ID = re.compile(rb"^message-id:[ \t]*((?:[^\r\n]|\r\n[ \t])*)", re.IGNORECASE | re.MULTILINE)
 
 
 def content_problem(data: bytes) -> Reply | None:
@@ -50,22 +47,6 @@ def _has_long_line(data: bytes) -> bool:
             return True
         start = cut + 2
     return False
-
-
-def header_block(data: bytes) -> bytes:
-    """The header section (up to the first empty line), or all of it if there is none."""
-    if data.startswith(b"\r\n"):
-        return b""
-    match = _HEADER_END.search(data)
-    return data[: match.start() + 2] if match else data
-
-
-def message_id(headers: bytes) -> str | None:
-    match = _MESSAGE_ID.search(headers)
-    if match is None:
-        return None
-    value = re.sub(rb"\r\n[ \t]+", b" ", match.group(1)).strip()
-    return value.decode("utf-8", "replace")[:998] or None
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,14 @@ from gateway import metrics
 from gateway.config.schema import Account, HeaderSettings, Settings
 from gateway.queue.spool import Spool
 from gateway.records import InboundMessage, NewMessage, new_queue_id
-from gateway.rewrite.headers import HeaderProblem, author_domain, join_message, split_message
+from gateway.rewrite.headers import (
+    HeaderProblem,
+    author_domain,
+    header_length,
+    join_message,
+    split_message,
+    values,
+)
 from gateway.rewrite.message import Controls, HeaderRules, Origin, read_controls
 from gateway.rewrite.message import prepare as prepare_headers
 from gateway.smtp import replies
@@ -30,8 +37,6 @@ from gateway.smtp.addresses import normalize_recipient, split_address
 from gateway.smtp.content import (
     TraceInfo,
     content_problem,
-    header_block,
-    message_id,
     received_header,
 )
 from gateway.smtp.limits import AuthLockout
@@ -63,6 +68,7 @@ class IntakePolicy:
     # ``pass_unsigned`` (a smarthost further on signs).
     can_sign: Callable[[str], bool] = _never
     pass_unsigned: bool = False
+    max_header_size: int = 1 << 20
 
     @classmethod
     def from_settings(cls, settings: Settings, can_sign: Callable[[str], bool]) -> IntakePolicy:
@@ -72,6 +78,7 @@ class IntakePolicy:
                    allowed_networks=list(smtp.allowed_networks),
                    accounts={a.username: a for a in smtp.accounts},
                    header_rules=header_rules(settings.headers), can_sign=can_sign,
+                   max_header_size=smtp.max_header_size,
                    pass_unsigned=settings.signing.unsigned == "pass")
 
     def for_bounce_domain(self, recipient: str) -> bool:
@@ -203,7 +210,7 @@ class IntakeHandler:
         inbound = [r for r in envelope.rcpt_tos if self.policy.for_bounce_domain(r)]
         outbound = [r for r in envelope.rcpt_tos if not self.policy.for_bounce_domain(r)]
         queue_id = new_queue_id(now)
-        prepared = self._prepare(session, data, queue_id, now) if outbound else None
+        prepared = self._prepare(session, envelope, data, queue_id, now) if outbound else None
         if isinstance(prepared, str):
             return prepared  # refused
         try:
@@ -216,27 +223,28 @@ class IntakeHandler:
             return self._refuse(replies.STORAGE_FAILURE)
         return replies.QUEUED.format(queue_id=queue_id)
 
-    def _prepare(self, session: Session, data: bytes, queue_id: str,
+    def _prepare(self, session: Session, envelope: Envelope, data: bytes, queue_id: str,
                  now: datetime) -> Prepared | str:
         """The message as it is queued, or the refusal: headers the gateway cannot relay
         safely, a From domain the account may not use or that no key can sign for."""
         account = _account(session)
+        if header_length(data) > self.policy.max_header_size:
+            return self._refuse(replies.HEADER_TOO_BIG, limit=str(self.policy.max_header_size))
+        origin = Origin(sender_id=account.username if account else "local",
+                        hostname=self.policy.hostname, queue_id=queue_id, received_at=now)
         try:
             fields, body = split_message(data)
-            defaults = (Controls(account.default_stream, account.default_list or "") if account
-                        else Controls("marketing"))
-            controls = read_controls(fields, self.policy.header_rules, defaults)
-            author = author_domain(fields)
+            controls = read_controls(fields, self.policy.header_rules, _defaults(account, envelope))
+            queued = prepare_headers(fields, self.policy.header_rules, controls, origin)
+            author = author_domain(queued)  # the From that goes out, after any stripping
         except HeaderProblem as exc:
-            return self._refuse(replies.BAD_HEADER, detail=str(exc))
+            return self._refuse(replies.BAD_HEADER, detail=_reply_safe(str(exc)))
         if account is not None and author not in account.allowed_from_domains:
             return self._refuse(replies.FROM_NOT_ALLOWED, domain=author)
         if not self.policy.can_sign(author) and not self.policy.pass_unsigned:
             return self._refuse(replies.NO_SIGNING_KEY, domain=author)
-        origin = Origin(sender_id=account.username if account else "local",
-                        hostname=self.policy.hostname, queue_id=queue_id, received_at=now)
-        queued = prepare_headers(fields, self.policy.header_rules, controls, origin)
-        return Prepared(join_message(queued, body), controls, message_id(header_block(data)))
+        found = values(queued, b"Message-ID")
+        return Prepared(join_message(queued, body), controls, found[0][:998] if found else None)
 
     async def _store_outbound(self, session: Session, envelope: Envelope, prepared: Prepared,
                               recipients: list[str], queue_id: str, now: datetime) -> None:
@@ -279,6 +287,20 @@ class Prepared:
     data: bytes
     controls: Controls
     message_id: str | None
+
+
+def _defaults(account: Account | None, envelope: Envelope) -> Controls:
+    """Stream and list when the control headers say nothing. Mail with the null sender
+    (a DSN, a read receipt) is never marketing."""
+    list_key = (account.default_list or "") if account is not None else ""
+    if envelope.mail_from == NULL_PATH:
+        return Controls("transactional", list_key)
+    return Controls(account.default_stream if account is not None else "marketing", list_key)
+
+
+def _reply_safe(text: str, limit: int = 200) -> str:
+    """Text for a reply line: ASCII only (escapes for the rest), and short."""
+    return text.encode("ascii", "backslashreplace").decode("ascii")[:limit]
 
 
 def header_rules(settings: HeaderSettings) -> HeaderRules:

@@ -236,3 +236,26 @@ async def test_keygen_record_served_by_dns_verifies_delivered_mail(start_gateway
     assert b"d=example.org" in received.data and b"s=k1" in received.data
     assert await asyncio.to_thread(dkimpy_results, received.data, running.dns.port) == [True]
     assert await asyncio.to_thread(perl_results, received.data, running.dns.port) == ["rsa-sha256 pass"]
+
+
+async def test_header_limits_and_a_stripped_from_are_refused_before_queueing(start_gateway: StartGateway) -> None:
+    running = await start_gateway({"smtp": {"max_header_size": "4KB"}, "headers": {"strip": ["From"]}})
+    folded = MARKETING.replace(b"Subject: Winter offers\r\n", b"Subject: Winter offers\r\n" + b" more\r\n" * 1000)
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        await asyncio.to_thread(_send, running.port, ["gus@example.net"], folded)
+    assert (refused.value.smtp_code, refused.value.smtp_error) == (
+        552, b"5.3.4 message header section too big (over 4000 bytes)")
+    with pytest.raises(smtplib.SMTPDataError) as refused:  # what goes out would have no From
+        await asyncio.to_thread(_send, running.port, ["gus@example.net"], MARKETING)
+    assert refused.value.smtp_error == b"5.6.0 malformed message header: no From header"
+
+
+async def test_null_sender_mail_is_transactional_by_default(start_gateway: StartGateway) -> None:
+    running = await start_gateway()
+    report = b"From: MAILER-DAEMON@example.com\r\nSubject: delivery status\r\n\r\nreport\r\n"
+    await asyncio.to_thread(_send, running.port, ["hal@example.net"], report, "<>")
+    received = await _one_delivered(running)
+    headers, _ = split_message(received.data)
+    assert received.mail_from == ""
+    assert not values(headers, b"List-Unsubscribe")
+    assert values(headers, b"Feedback-ID") == ["::transactional:local"]

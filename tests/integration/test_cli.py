@@ -46,7 +46,7 @@ def test_check_config_refuses_a_readable_key(tmp_path: Path) -> None:
     key_file.chmod(0o644)
     result = gateway("check-config", "-c", "config.example.toml", "-c", str(_key_overlay(tmp_path, key_file)))
     assert result.returncode == 2
-    assert result.stderr == (f"gateway: domain example.com, selector s1: {key_file}: readable by group or others "
+    assert result.stderr == (f"gateway: domain example.com, selector s1: {key_file}: group or others have access "
                              f"(mode 0644); run `chmod 600 {key_file}`\n")
 
 

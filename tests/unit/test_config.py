@@ -155,3 +155,15 @@ def test_dual_signing_and_waiting_selectors_are_accepted(tmp_path: Path) -> None
     assert domain.name == "example.com" and domain.subdomains
     assert [(k.selector, k.algorithm, k.sign) for k in domain.dkim] == [
         ("r1", "rsa", True), ("e1", "ed25519", True), ("r2", "rsa", False)]
+
+
+@pytest.mark.parametrize(("toml", "problem"), [
+    ('[[smtp.accounts]]\nusername = "u"\npassword_hash = "scrypt$x"\nallowed_from_domains = ["example.com"]\n'
+     'default_list = "Weekly News: EU"\n', "bad list key 'Weekly News: EU'"),
+    ('[http]\npublic_url = "https://gw.example.com/u>, <https://evil.example"\n', "bad public_url"),
+    ('[http]\npublic_url = "ftp://gw.example.com"\n', "bad public_url"),
+])
+def test_values_that_end_up_in_headers_are_validated(tmp_path: Path, toml: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings([_write(tmp_path, "c.toml", toml)])
+    assert problem in "\n".join(caught.value.problems)

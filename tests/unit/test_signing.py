@@ -115,11 +115,25 @@ def test_fast_body_canonicalization_equals_dkimpys() -> None:
         assert signer.canonical_body(body) == signer.RELAXED.canonicalize_body(body), body
 
 
+@pytest.mark.parametrize("domain", ["m" * 63 + ".newsletters-example.com", "a" * 63 + "." + "b" * 63 + ".example"])
+@pytest.mark.parametrize("algorithm", ["rsa", "ed25519"])
+def test_long_domains_are_never_broken_inside(domain: str, algorithm: keys.Algorithm,
+                                               rsa_key: keys.PrivateKey, ed_key: keys.PrivateKey) -> None:
+    key = rsa_key if algorithm == "rsa" else ed_key
+    message = PLAIN.replace(b"news@example.com", f"news@{domain}".encode())
+    headers, body = split_message(message)
+    field = signer.sign(headers, signer.body_hash(body), keys.SigningKey(domain, "s1", key), T)
+    assert f"d={domain};".encode() in field and f"i=@{domain};".encode() in field
+    assert all(line.strip() for line in field.split(b"\r\n")[:-1])  # no blank continuation line
+    record = keys.txt_value(key).encode()
+    assert dkim.verify(field + message, dnsfunc=lambda name, timeout=5: record)
+
+
 def test_signed_header_list_covers_the_required_fields_and_oversigns_from() -> None:
     headers, _ = split_message(AWKWARD["duplicate headers"])
     names = signer.signed_header_names(headers)
     assert names.count(b"from") == 2  # one present + one over-signed
-    assert names.count(b"to") == 2  # both instances
+    assert names.count(b"to") == 3  # both instances + one over-signed
     for required in (b"subject", b"date", b"message-id", b"mime-version", b"content-type", b"cc",
                      b"list-unsubscribe", b"list-unsubscribe-post", b"reply-to"):
         assert required in names
@@ -141,11 +155,17 @@ def test_readable_keys_are_refused_with_the_fix(tmp_path: Path) -> None:
     path = tmp_path / "key.pem"
     keys.write_private_file(path, keys.private_pem(keys.generate_key("ed25519")))
     path.chmod(0o640)
-    with pytest.raises(keys.KeyProblem, match=r"readable by group or others \(mode 0640\); run `chmod 600"):
+    with pytest.raises(keys.KeyProblem, match=r"group or others have access \(mode 0640\); run `chmod 600"):
         keys.load_private_key(path, "ed25519")
-    path.chmod(0o604)
-    with pytest.raises(keys.KeyProblem, match="readable by group or others"):
-        keys.load_private_key(path, "ed25519")
+    for mode in (0o604, 0o620, 0o602):  # readable, or writable: a writer can plant a known key
+        path.chmod(mode)
+        with pytest.raises(keys.KeyProblem, match="group or others have access"):
+            keys.load_private_key(path, "ed25519")
+    path.chmod(0o600)
+    link = tmp_path / "link.pem"
+    link.symlink_to(path)
+    with pytest.raises(keys.KeyProblem, match="symbolic link"):
+        keys.load_private_key(link, "ed25519")
     with pytest.raises(keys.KeyProblem, match="file not found"):
         keys.load_private_key(tmp_path / "missing.pem", "rsa")
 
@@ -220,3 +240,24 @@ def test_keyring_reports_every_bad_key_at_once(tmp_path: Path) -> None:
     problems = str(raised.value).splitlines()
     assert problems[0].startswith("domain example.com, selector a: ") and "file not found" in problems[0]
     assert problems[1].startswith("domain example.org, selector c: ") and "holds a ed25519 key" in problems[1]
+
+
+def test_windowed_canonicalization_of_large_bodies_equals_dkimpys() -> None:
+    rng = random.Random(11)
+    lines = [b"plain text line", b"  indented\tline  ", b"", b"trailing \t ", b"a  b\t\tc"]
+    body = b"\r\n".join(rng.choice(lines) for _ in range(60_000)) + b"\r\n\r\n\r\n"
+    assert len(body) > 4 * signer.WINDOW
+    assert signer.canonical_body(body) == signer.RELAXED.canonicalize_body(body)
+    one_long_line = b"x  " * (signer.WINDOW // 2) + b"\r\n" + b"tail  \r\n"  # no CRLF within a window
+    assert signer.canonical_body(one_long_line) == signer.RELAXED.canonicalize_body(one_long_line)
+    assert signer.canonical_body(memoryview(body)) == signer.canonical_body(body)
+
+
+def test_a_subdomain_listed_without_keys_does_not_hide_its_signing_parent(tmp_path: Path) -> None:
+    parent = _pem_file(tmp_path, keys.generate_key("ed25519"), "p.pem")
+    ring = KeyRing.load([
+        SendingDomain(name="example.com", subdomains=True, dkim=[DkimKey(selector="p", algorithm="ed25519",
+                                                                         key_file=parent)]),
+        SendingDomain(name="news.example.com", dkim=[])])
+    assert [k.domain for k in ring.keys_for("news.example.com")] == ["example.com"]
+    assert ring.describe() == ["example.com and subdomains: p (ed25519)"]

@@ -8,7 +8,7 @@ import pytest
 
 from gateway.smtp import replies
 from gateway.smtp.addresses import normalize_recipient
-from gateway.smtp.content import TraceInfo, content_problem, header_block, message_id, received_header
+from gateway.smtp.content import TraceInfo, content_problem, received_header
 from gateway.smtp.limits import AuthLockout, ConnectionCounter
 from gateway.smtp.passwords import BadHash, VerifiedCache, hash_password, verify_password
 
@@ -42,14 +42,6 @@ def test_nul_and_long_lines_refused_clean_mail_passes() -> None:
     assert content_problem(b"Subject: a\r\n\r\n" + b"a" * 999 + b"\r\n") is replies.LINE_TOO_LONG
     assert content_problem(b"Subject: a\r\n\r\n" + b"a" * 998 + b"\r\n") is None
     assert content_problem("Subject: é\r\n\r\nüñí\r\n".encode()) is None
-
-
-def test_header_parsing() -> None:
-    data = b"From: a@b.example\r\nMessage-ID:\r\n <abc@host.example>\r\n\r\nMessage-ID: <body@x>\r\n"
-    headers = header_block(data)
-    assert headers.endswith(b"<abc@host.example>\r\n")
-    assert message_id(headers) == "<abc@host.example>"
-    assert message_id(b"Subject: none\r\n") is None
 
 
 def test_received_header() -> None:
