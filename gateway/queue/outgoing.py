@@ -32,7 +32,9 @@ from gateway.signing.keys import SigningKey
 from gateway.signing.signer import body_hash
 
 THREAD_HASH_BYTES = 256 * 1024  # ~0.1-2 ms of canonicalization: above this, hash in a thread
-MESSAGES_KEPT = 4096
+# Parsed messages kept for their next recipients. A kept entry holds its stored message
+# alive, so the bound is in bytes; the spool's BodyCache decides what stays beyond that.
+KEPT_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,8 @@ class CopyMaker:
         self.rules = rules
         self.pass_unsigned = pass_unsigned
         self.clock = clock
-        self._parsed: OrderedDict[str, asyncio.Future[Parsed]] = OrderedDict()
+        self._parsed: OrderedDict[str, tuple[asyncio.Future[Parsed], int]] = OrderedDict()
+        self._kept_bytes = 0
 
     async def make(self, claim: ClaimedDelivery, stored: bytes) -> Copy | AttemptResult:
         """The copy for ``claim``, or the attempt's result when none can be made now."""
@@ -71,19 +74,28 @@ class CopyMaker:
         known = self._parsed.get(queue_id)
         if known is not None:
             self._parsed.move_to_end(queue_id)
-            return await asyncio.shield(known)
+            return await asyncio.shield(known[0])
         future: asyncio.Future[Parsed] = asyncio.get_running_loop().create_future()
-        self._parsed[queue_id] = future
-        if len(self._parsed) > MESSAGES_KEPT:
-            self._parsed.popitem(last=False)
+        self._keep(queue_id, future, len(stored))
         try:
             future.set_result(await self._parse(stored))
         except BaseException as exc:
-            self._parsed.pop(queue_id, None)
+            self._forget(queue_id)
             future.set_exception(exc)
             future.exception()  # retrieved: waiters get it, nobody is warned twice
             raise
         return future.result()
+
+    def _keep(self, queue_id: str, future: asyncio.Future[Parsed], size: int) -> None:
+        self._parsed[queue_id] = (future, size)
+        self._kept_bytes += size
+        while self._kept_bytes > KEPT_BYTES and len(self._parsed) > 1:
+            self._forget(next(iter(self._parsed)))
+
+    def _forget(self, queue_id: str) -> None:
+        entry = self._parsed.pop(queue_id, None)
+        if entry is not None:
+            self._kept_bytes -= entry[1]
 
     async def _parse(self, stored: bytes) -> Parsed:
         body = memoryview(stored)[body_offset(stored):]

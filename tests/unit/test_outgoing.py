@@ -65,3 +65,12 @@ async def test_a_utf8_sender_keeps_smtputf8_behind_its_verp_address() -> None:
     assert isinstance(copy, Copy)
     assert copy.mail_from.isascii() and copy.mail_from.startswith("b+")
     assert copy.smtputf8
+
+
+async def test_kept_messages_are_bounded_in_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(outgoing, "KEPT_BYTES", 3 * len(STORED))
+    maker = _maker()
+    for n in range(10):
+        assert isinstance(await maker.make(_claim(n, f"Q{n}"), STORED), Copy)
+    assert list(maker._parsed) == ["Q7", "Q8", "Q9"]
+    assert maker._kept_bytes == 3 * len(STORED)
