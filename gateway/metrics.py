@@ -72,3 +72,10 @@ CONFIG_RELOADS = Counter(
     "Policy reload attempts, by result.",
     ["result"],  # success | failure
 )
+
+RECIPIENTS_SUPPRESSED = Counter(
+    "gateway_recipients_suppressed_total",
+    "Recipients refused by the consent and suppression rules, by reason and action "
+    "(reject: the mailer got a 5xx; drop: accepted, recorded, never sent)",
+    ["reason", "action"],
+)

@@ -18,7 +18,9 @@ class DeliveryState(enum.StrEnum):
 
     ``queued`` and ``deferred`` are still in the queue; the others are final. Every
     recipient accepted at intake ends in exactly one final state, which is why
-    received = delivered + bounced + expired + (queued + deferred) holds.
+    received = delivered + bounced + suppressed + expired + (queued + deferred) holds.
+    ``suppressed`` recipients were accepted at end of DATA but refused by the consent and
+    suppression rules (a "drop", or one of several recipients): they are never sent.
     """
 
     QUEUED = "queued"
@@ -26,13 +28,15 @@ class DeliveryState(enum.StrEnum):
     DELIVERED = "delivered"
     BOUNCED = "bounced"
     EXPIRED = "expired"
+    SUPPRESSED = "suppressed"
 
     @property
     def is_final(self) -> bool:
         return self in FINAL_STATES
 
 
-FINAL_STATES = frozenset({DeliveryState.DELIVERED, DeliveryState.BOUNCED, DeliveryState.EXPIRED})
+FINAL_STATES = frozenset({DeliveryState.DELIVERED, DeliveryState.BOUNCED, DeliveryState.EXPIRED,
+                          DeliveryState.SUPPRESSED})
 PENDING_STATES = frozenset({DeliveryState.QUEUED, DeliveryState.DEFERRED})
 
 
@@ -58,6 +62,8 @@ class NewMessage:
     stream: str = "transactional"
     list_key: str = ""
     campaign: str = ""
+    # Recipients refused by the ingest rules but recorded with the message: (address, why).
+    suppressed: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ from gateway.config.policy import Policy, ProviderProfile, load_policy
 from gateway.config.schema import Settings
 from gateway.delivery.agent import DeliveryAgent, SessionLimits, Source
 from gateway.dns.resolver import MxResolver
+from gateway.ingest.gate import Gate
+from gateway.ingest.rules import DEFAULT_ACTIONS, Action
 from gateway.queue.outgoing import CopyMaker
 from gateway.queue.scheduler import Scheduler
 from gateway.queue.spool import BodyCache, Spool
@@ -80,9 +82,16 @@ class Gateway:
                       verp=settings.bounce.verp,
                       transactional_list_unsubscribe=settings.headers.transactional_list_unsubscribe),
             pass_unsigned=settings.signing.unsigned == "pass")
+        consent = settings.consent
+        actions: dict[str, Action] = {**DEFAULT_ACTIONS}
+        for reason, action in consent.actions.items():
+            actions[reason] = action
+        self.gate = Gate(self.db, actions=actions,
+                         role_local_parts=frozenset(name.lower() for name in consent.role_accounts))
         self.handler = IntakeHandler(
             IntakePolicy.from_settings(settings, lambda domain: bool(self.keyring.keys_for(domain))),
-            self.spool, AuthLockout(settings.smtp.max_auth_failures, settings.smtp.auth_lockout))
+            self.spool, AuthLockout(settings.smtp.max_auth_failures, settings.smtp.auth_lockout),
+            gate=self.gate if consent.enabled else None)
         self.connections = ConnectionCounter(settings.smtp.max_connections,
                                              settings.smtp.max_connections_per_ip)
         self.listeners: list[Listener] = []

@@ -275,6 +275,23 @@ class HeaderSettings(Strict):
     transactional_list_unsubscribe: bool = False
 
 
+Reason = Literal["hard-bounce", "complaint", "unsubscribe", "manual", "import", "role-account",
+                 "spam-trap", "no-consent", "unknown-list", "frequency-cap"]
+
+
+class ConsentSettings(Strict):
+    """Consent and suppression checks on every recipient (gateway/ingest/)."""
+
+    enabled: bool = True
+    # Local parts treated as role accounts: never sent marketing mail.
+    role_accounts: list[str] = Field(default_factory=lambda: [
+        "abuse", "postmaster", "hostmaster", "webmaster", "noc", "security", "mailer-daemon",
+        "noreply", "no-reply", "root"])
+    # What a refused recipient gets: "reject" (5xx at RCPT, or for the whole message when
+    # nobody is left) or "drop" (accepted, recorded as suppressed, never sent).
+    actions: dict[Reason, Literal["reject", "drop"]] = Field(default_factory=dict)
+
+
 class TokenKey(Strict):
     id: int = Field(ge=0, le=255)
     secret_file: Path
@@ -321,6 +338,7 @@ class Settings(Strict):
     signing: SigningSettings = Field(default_factory=SigningSettings)
     headers: HeaderSettings = Field(default_factory=HeaderSettings)
     tokens: TokenSettings = Field(default_factory=TokenSettings)
+    consent: ConsentSettings = Field(default_factory=ConsentSettings)
     pools: list[Pool] = Field(default_factory=list)
     policy: PolicySettings = Field(default_factory=PolicySettings)
 

@@ -13,13 +13,16 @@ import logging
 import time
 from base64 import b64decode
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
 from gateway import metrics
 from gateway.config.schema import Account, HeaderSettings, Settings
+from gateway.ingest.addresses import normalize_recipient, split_address
+from gateway.ingest.gate import Gate, Verdict
+from gateway.ingest.rules import Refusal
 from gateway.queue.spool import Spool
 from gateway.records import InboundMessage, NewMessage, new_queue_id
 from gateway.rewrite.headers import (
@@ -33,7 +36,6 @@ from gateway.rewrite.headers import (
 from gateway.rewrite.message import Controls, HeaderRules, Origin, read_controls
 from gateway.rewrite.message import prepare as prepare_headers
 from gateway.smtp import replies
-from gateway.smtp.addresses import normalize_recipient, split_address
 from gateway.smtp.content import (
     TraceInfo,
     content_problem,
@@ -104,10 +106,11 @@ def _peer_ip(session: Session) -> str:
 
 class IntakeHandler:
     def __init__(self, policy: IntakePolicy, spool: Spool, lockout: AuthLockout,
-                 clock: Clock = time.monotonic) -> None:
+                 clock: Clock = time.monotonic, gate: Gate | None = None) -> None:
         self.policy = policy
         self.spool = spool
         self.lockout = lockout
+        self.gate = gate
         self.clock = clock
         self.verified = VerifiedCache()
 
@@ -194,6 +197,17 @@ class IntakeHandler:
         may_relay = session.authenticated or self.policy.trusted(_peer_ip(session))
         if not may_relay and not self.policy.for_bounce_domain(recipient):
             return self._refuse(replies.AUTH_REQUIRED)
+        if self.gate is not None and not self.policy.for_bounce_domain(recipient):
+            try:
+                verdict = await self.gate.at_rcpt(recipient, _pinned(_account(session)))
+            except StorageError as exc:
+                log.error("consent check for a recipient failed: %s", exc)
+                return self._refuse(replies.CONSENT_CHECK_FAILED)
+            if verdict is not None:
+                metrics.RECIPIENTS_SUPPRESSED.labels(verdict.refusal.reason, verdict.action).inc()
+                if verdict.action == "reject":
+                    return _refusal_reply(recipient, verdict.refusal)
+                _dropped(envelope)[recipient] = verdict
         envelope.rcpt_tos.append(recipient)
         envelope.rcpt_options.extend(rcpt_options)
         return str(replies.RECIPIENT_OK)
@@ -213,6 +227,13 @@ class IntakeHandler:
         prepared = self._prepare(session, envelope, data, queue_id, now) if outbound else None
         if isinstance(prepared, str):
             return prepared  # refused
+        if prepared is not None:
+            refused = await self._decide(envelope, outbound, prepared.controls)
+            if isinstance(refused, str):
+                return refused
+            outbound = [r for r in outbound if r not in refused]
+            prepared = replace(prepared, suppressed=tuple(
+                (r, f"suppressed: {verdict.refusal.describe()}") for r, verdict in refused.items()))
         try:
             if inbound:
                 await self._store_inbound(session, envelope, data, inbound, now)
@@ -246,6 +267,26 @@ class IntakeHandler:
         found = values(queued, b"Message-ID")
         return Prepared(join_message(queued, body), controls, found[0][:998] if found else None)
 
+    async def _decide(self, envelope: Envelope, recipients: list[str],
+                      controls: Controls) -> dict[str, Verdict] | str:
+        """Refused recipients (dropped at RCPT, or refused now that the list is known), or the
+        reply refusing the whole message when none is left and one refusal was a reject."""
+        refused = dict(_dropped(envelope))
+        if self.gate is not None:
+            try:
+                verdicts = await self.gate.at_data([r for r in recipients if r not in refused], controls)
+            except StorageError as exc:
+                log.error("consent check at end of DATA failed: %s", exc)
+                return self._refuse(replies.CONSENT_CHECK_FAILED)
+            for verdict in verdicts.values():
+                metrics.RECIPIENTS_SUPPRESSED.labels(verdict.refusal.reason, verdict.action).inc()
+            refused.update(verdicts)
+        if len(refused) == len(recipients):
+            rejects = [(r, v.refusal) for r, v in refused.items() if v.action == "reject"]
+            if rejects:
+                return _refusal_reply(*rejects[0])
+        return refused
+
     async def _store_outbound(self, session: Session, envelope: Envelope, prepared: Prepared,
                               recipients: list[str], queue_id: str, now: datetime) -> None:
         account = _account(session)
@@ -259,9 +300,10 @@ class IntakeHandler:
             client_ip=_peer_ip(session), helo=session.host_name or "",
             account=account.username if account else None,
             header_message_id=prepared.message_id, stream=prepared.controls.stream,
-            list_key=prepared.controls.list_key, campaign=prepared.controls.campaign))
+            list_key=prepared.controls.list_key, campaign=prepared.controls.campaign,
+            suppressed=prepared.suppressed))
         metrics.MESSAGES_RECEIVED.inc()
-        metrics.RECIPIENTS_RECEIVED.inc(len(recipients))
+        metrics.RECIPIENTS_RECEIVED.inc(len(recipients) + len(prepared.suppressed))
 
     async def _store_inbound(self, session: Session, envelope: Envelope, data: bytes,
                              recipients: list[str], now: datetime) -> None:
@@ -287,15 +329,44 @@ class Prepared:
     data: bytes
     controls: Controls
     message_id: str | None
+    suppressed: tuple[tuple[str, str], ...] = ()
 
 
 def _defaults(account: Account | None, envelope: Envelope) -> Controls:
-    """Stream and list when the control headers say nothing. Mail with the null sender
-    (a DSN, a read receipt) is never marketing."""
-    list_key = (account.default_list or "") if account is not None else ""
-    if envelope.mail_from == NULL_PATH:
-        return Controls("transactional", list_key)
-    return Controls(account.default_stream if account is not None else "marketing", list_key)
+    """Stream and list when the control headers say nothing. Clients trusted by network
+    (scripts, shop systems) and mail with the null sender (a DSN, a read receipt) send
+    transactional mail unless a header says marketing; accounts have their own default."""
+    if account is None:
+        return Controls("transactional")
+    stream = "transactional" if envelope.mail_from == NULL_PATH else account.default_stream
+    return Controls(stream, account.default_list or "")
+
+
+def _pinned(account: Account | None) -> Controls | None:
+    """An account that pins a list sends marketing for it: its rules can run at RCPT."""
+    if account is None or not account.default_list or account.default_stream != "marketing":
+        return None
+    return Controls("marketing", account.default_list)
+
+
+def _dropped(envelope: Envelope) -> dict[str, Verdict]:
+    """Recipients accepted at RCPT but refused by a "drop" rule, kept for end of DATA."""
+    dropped: dict[str, Verdict] | None = getattr(envelope, "gateway_dropped", None)
+    if dropped is None:
+        dropped = {}
+        setattr(envelope, "gateway_dropped", dropped)  # noqa: B010 - aiosmtpd's Envelope has no slot
+    return dropped
+
+
+def _refusal_reply(recipient: str, refusal: Refusal) -> str:
+    metrics.SMTP_REFUSALS.labels("recipient_refused").inc()
+    if refusal.reason == "no-consent":
+        return replies.NO_CONSENT.format(recipient=recipient, list=refusal.detail)
+    if refusal.reason == "unknown-list":
+        return replies.UNKNOWN_LIST.format(recipient=recipient, list=refusal.detail)
+    if refusal.reason == "frequency-cap":
+        return replies.FREQUENCY_CAPPED.format(recipient=recipient, detail=refusal.detail)
+    return replies.RECIPIENT_SUPPRESSED.format(recipient=recipient, reason=refusal.reason)
 
 
 def _reply_safe(text: str, limit: int = 200) -> str:

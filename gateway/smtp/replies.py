@@ -62,6 +62,13 @@ NESTED_MAIL = Reply(503, "5.5.1", "nested MAIL command")
 NEED_MAIL = Reply(503, "5.5.1", "need MAIL command first")
 NEED_RCPT = Reply(503, "5.5.1", "need RCPT command first")
 
+# Consent and suppression (the reason names come from gateway/ingest/rules.py)
+RECIPIENT_SUPPRESSED = Reply(550, "5.7.1", "<{recipient}>: recipient suppressed ({reason})")
+NO_CONSENT = Reply(550, "5.7.1", "<{recipient}>: no consent for list {list}")
+UNKNOWN_LIST = Reply(550, "5.7.1", "<{recipient}>: unknown list ({list})")
+FREQUENCY_CAPPED = Reply(550, "5.7.1", "<{recipient}>: frequency cap reached ({detail})")
+CONSENT_CHECK_FAILED = Reply(451, "4.3.0", "temporary failure checking the recipient, try again")
+
 # Content
 START_DATA = Reply(354, "", "End data with <CR><LF>.<CR><LF>")
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "message too big")

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import bindparam, exists, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.ingest.addresses import address_hash
 from gateway.records import (
     PENDING_STATES,
     ClaimedDelivery,
@@ -23,6 +24,7 @@ from gateway.records import (
     NewMessage,
     Outcome,
 )
+from gateway.storage import consent_store
 from gateway.storage.tables import deliveries, events, inbound, messages
 
 _PENDING = [s.value for s in PENDING_STATES]
@@ -33,7 +35,9 @@ def recipient_domain(address: str) -> str:
 
 
 async def insert_messages(conn: AsyncConnection, batch: Sequence[NewMessage]) -> None:
-    """Messages and one delivery row per recipient, two statements for the whole batch."""
+    """Messages and one delivery row per recipient, a few statements for the whole batch:
+    suppressed recipients get a final row and an event saying why, and accepted marketing
+    copies update the frequency caps' last-send times in the same transaction."""
     await conn.execute(insert(messages), [{
         "queue_id": message.queue_id,
         "received_at": message.received_at,
@@ -43,21 +47,33 @@ async def insert_messages(conn: AsyncConnection, batch: Sequence[NewMessage]) ->
         "helo": message.helo,
         "header_message_id": message.header_message_id,
         "size": len(message.body),
-        "recipient_count": len(message.recipients),
+        "recipient_count": len(message.recipients) + len(message.suppressed),
         "stream": message.stream,
         "list_key": message.list_key,
         "campaign": message.campaign,
-        "body": message.body,
+        "body": message.body if message.recipients else None,  # nothing will be sent
     } for message in batch])
-    await conn.execute(insert(deliveries), [{
-        "queue_id": message.queue_id,
-        "recipient": recipient,
-        "domain": recipient_domain(recipient),
-        "state": DeliveryState.QUEUED.value,
-        "attempts": 0,
-        "next_attempt_at": message.received_at,
-        "updated_at": message.received_at,
-    } for message in batch for recipient in message.recipients])
+    rows = [_delivery_row(message, recipient, DeliveryState.QUEUED, None)
+            for message in batch for recipient in message.recipients]
+    rows += [_delivery_row(message, recipient, DeliveryState.SUPPRESSED, why)
+             for message in batch for recipient, why in message.suppressed]
+    if rows:
+        await conn.execute(insert(deliveries), rows)
+    suppressed = [{"at": m.received_at, "kind": DeliveryState.SUPPRESSED.value, "queue_id": m.queue_id,
+                   "recipient": recipient, "reply": why} for m in batch for recipient, why in m.suppressed]
+    if suppressed:
+        await conn.execute(insert(events), suppressed)
+    await consent_store.record_sends(conn, [
+        (address_hash(recipient), message.list_key, message.received_at)
+        for message in batch if message.stream == "marketing" and message.list_key
+        for recipient in message.recipients])
+
+
+def _delivery_row(message: NewMessage, recipient: str, state: DeliveryState,
+                  reply: str | None) -> dict[str, Any]:
+    return {"queue_id": message.queue_id, "recipient": recipient, "domain": recipient_domain(recipient),
+            "state": state.value, "attempts": 0, "next_attempt_at": message.received_at,
+            "last_reply": reply, "updated_at": message.received_at}
 
 
 async def insert_inbound(conn: AsyncConnection, message: InboundMessage) -> None:

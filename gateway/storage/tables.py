@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Dialect,
@@ -19,6 +20,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 
 
@@ -54,6 +56,7 @@ metadata = MetaData(
         "ix": "ix_%(table_name)s_%(column_0_N_name)s",
         "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
         "pk": "pk_%(table_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
     }
 )
 
@@ -125,4 +128,88 @@ inbound = Table(
     Column("body", LargeBinary, nullable=False),
     Column("state", String(16), nullable=False),
     Index(None, "state"),
+)
+
+# -- consent and suppression (issue 4) --------------------------------------------------
+# Addresses are matched by address_hash (SHA-256 of the lower-cased address, see
+# gateway/ingest/addresses.py): a suppression can be kept or imported without the address.
+
+contacts = Table(
+    "contacts",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("address", String(320)),  # local part as sent, A-label domain; NULL once erased
+    Column("address_hash", String(64), nullable=False, unique=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("locale", String(35)),
+    Column("attributes", Text, nullable=False, default="{}"),  # JSON object
+    Column("erased_at", UTCDateTime()),
+)
+
+lists = Table(
+    "lists",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("kind", String(16), nullable=False),  # marketing | transactional
+    Column("double_opt_in", Boolean, nullable=False),
+    Column("names", Text, nullable=False),  # JSON: locale -> friendly name
+    Column("descriptions", Text, nullable=False),  # JSON: locale -> description
+    Column("cap_days", Text, nullable=False),  # JSON: frequency -> days between messages
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+# The current state per contact and list; every change also appends to consent_history.
+consents = Table(
+    "consents",
+    metadata,
+    Column("contact_id", Id, ForeignKey("contacts.id"), primary_key=True),
+    Column("list_key", String(64), ForeignKey("lists.key"), primary_key=True),
+    Column("status", String(16), nullable=False),  # pending | confirmed | withdrawn
+    Column("frequency", String(16)),  # daily | weekly | biweekly | monthly | quarterly
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+# Append-only and kept for good, also after erasure (contact_id then points at an erased
+# contact, and address_hash is what still ties the proof to a person who asks).
+consent_history = Table(
+    "consent_history",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("contact_id", Id, nullable=False),
+    Column("address_hash", String(64), nullable=False),
+    Column("list_key", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("frequency", String(16)),
+    Column("source", String(32), nullable=False),  # form | import | api | preference-page
+    Column("at", UTCDateTime(), nullable=False),
+    Column("ip", String(45)),
+    Column("user_agent", Text),
+    Column("proof", Text),  # confirmation token, or the exact form text and version
+    Index(None, "contact_id"),
+    Index(None, "address_hash"),
+)
+
+suppressions = Table(
+    "suppressions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("address", String(320)),  # NULL when only the hash is known (hashed imports)
+    Column("address_hash", String(64), nullable=False),
+    Column("scope", String(16), nullable=False),  # global | list | campaign
+    Column("scope_key", String(64), nullable=False, default=""),
+    Column("reason", String(32), nullable=False),
+    Column("source", String(64), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime()),
+    Column("note", Text),
+    UniqueConstraint("address_hash", "scope", "scope_key", "reason"),
+)
+
+# When a contact last got marketing mail from a list: the frequency cap's memory.
+marketing_sends = Table(
+    "marketing_sends",
+    metadata,
+    Column("address_hash", String(64), primary_key=True),
+    Column("list_key", String(64), primary_key=True),
+    Column("last_at", UTCDateTime(), nullable=False),
 )

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.config.loader import merge
 from gateway.config.policy import Policy
 from gateway.config.schema import Settings
+from gateway.ingest.addresses import address_hash
 from gateway.runtime import Gateway
 from gateway.sandbox.dnsserver import LoopbackDnsServer
 from gateway.sandbox.sink import SinkServer
 from gateway.signing import keys
+from gateway.storage import consent_store
 from gateway.storage.migrate import upgrade
 
 SINK_IP = "127.0.1.5"
@@ -55,6 +59,27 @@ class Running:
 
     def port_of(self, kind: str) -> int:
         return next(listener.port for listener in self.gateway.listeners if listener.kind == kind)
+
+    async def consent(self, list_key: str, *addresses: str, frequency: str | None = None,
+                      status: str = "confirmed", double_opt_in: bool = False) -> None:
+        """Create the marketing list if needed and record consent for each address."""
+        now = datetime.now(UTC)
+
+        async def write(conn: AsyncConnection) -> None:
+            await consent_store.add_list(conn, consent_store.ListRecord(
+                list_key, "marketing", double_opt_in, {"en": list_key.title()}, {}, {}, now))
+            for address in addresses:
+                contact = await consent_store.contact_id(conn, address, address_hash(address), now)
+                await consent_store.record_consent(conn, consent_store.ConsentChange(
+                    contact, address_hash(address), list_key, status, "api", now, frequency=frequency,
+                    proof="test fixture"))
+
+        await self.gateway.db.write(write)
+
+    async def suppress(self, address: str, reason: str, scope: str = "global", scope_key: str = "") -> None:
+        record = consent_store.SuppressionRecord(address, address_hash(address), scope, scope_key, reason,
+                                                 "test", datetime.now(UTC))
+        await self.gateway.db.write(lambda conn: consent_store.add_suppressions(conn, [record]))
 
 
 StartGateway = Callable[..., Any]

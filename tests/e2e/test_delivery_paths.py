@@ -60,7 +60,8 @@ async def test_idle_session_gets_421_before_close(start_gateway: StartGateway) -
 
 async def test_auth_login_on_trusted_local_listener(start_gateway: StartGateway) -> None:
     account = {"username": "crm", "password_hash": hash_password("login-secret", n=2**10),
-               "allowed_from_domains": ["example.com"]}
+               "allowed_from_domains": ["example.com"],
+               "default_stream": "transactional"}
     running = await start_gateway({"smtp": {"listen_trusted_local": ["127.0.0.1:0"],
                                             "allowed_networks": ["127.0.0.2/32"], "accounts": [account]}})
     b64 = base64.b64encode

@@ -141,7 +141,8 @@ async def test_open_relay_refused_but_bounce_domain_accepted(start_gateway: Star
 
 async def test_auth_on_trusted_local_listener(start_gateway: StartGateway) -> None:
     account = {"username": "crm", "password_hash": hash_password("s3cret-pass", n=2**10),
-               "allowed_from_domains": ["example.com"]}
+               "allowed_from_domains": ["example.com"],
+               "default_stream": "transactional"}
     running = await start_gateway({"smtp": {
         "allowed_networks": ["127.0.0.2/32"], "listen_trusted_local": ["127.0.0.1:0"],
         "max_auth_failures": 4, "accounts": [account]}})

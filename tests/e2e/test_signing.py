@@ -105,6 +105,7 @@ async def _one_delivered(running: Running) -> Any:
 
 async def test_marketing_mail_is_signed_with_one_unsubscribe_pair_and_verp(start_gateway: StartGateway) -> None:
     running = await start_gateway({"headers": {"strip": ["X-Crm-Secret"]}})
+    await running.consent("offers", "alice@example.net")
     assert await asyncio.to_thread(_send, running.port, ["alice@example.net"], MARKETING) == {}
     received = await _one_delivered(running)
     headers, body = split_message(received.data)
@@ -141,6 +142,7 @@ async def test_marketing_mail_is_signed_with_one_unsubscribe_pair_and_verp(start
 async def test_each_recipient_gets_its_own_copy_and_tokens(start_gateway: StartGateway) -> None:
     running = await start_gateway()
     rcpts = ["a1@example.net", "a2@example.net", "a3@example.net"]
+    await running.consent("offers", *rcpts)
     await asyncio.to_thread(_send, running.port, rcpts, MARKETING)
     await running.sink.wait_for(3, timeout=15)
     copies = {m.rcpt_tos: m for m in running.sink.messages}
@@ -166,6 +168,7 @@ async def test_dual_signing_rsa_and_ed25519(start_gateway: StartGateway, dkim_fi
     running = await start_gateway({"domains": [{"name": "example.com", "dkim": [
         {"selector": "s1", "algorithm": "rsa", "key_file": str(dkim_files.rsa)},
         {"selector": "e1", "algorithm": "ed25519", "key_file": str(dkim_files.ed25519)}]}]})
+    await running.consent("offers", "carol@example.net")
     await asyncio.to_thread(_send, running.port, ["carol@example.net"], MARKETING)
     received = await _one_delivered(running)
     assert await asyncio.to_thread(dkimpy_results, received.data, running.dns.port) == [True, True]
@@ -186,6 +189,7 @@ async def test_from_domain_without_key_is_refused_or_passed_unsigned(start_gatew
                                         b"mail from it would fail DMARC")
 
     passing = await start_gateway({"signing": {"unsigned": "pass"}})
+    await passing.consent("offers", "dan@example.net")
     await asyncio.to_thread(_send, passing.port, ["dan@example.net"], unsigned)
     received = await _one_delivered(passing)
     assert b"DKIM-Signature" not in received.data
@@ -198,6 +202,7 @@ async def test_bad_control_headers_and_foreign_from_are_refused(start_gateway: S
                                    "domains": [{"name": "example.com", "dkim": []},
                                                {"name": "example.org", "dkim": []}],
                                    "signing": {"unsigned": "pass"}})
+    await running.consent("offers", "erin@example.net")
     bad_stream = MARKETING.replace(b"X-Gateway-Stream: marketing", b"X-Gateway-Stream: bulk")
     with pytest.raises(smtplib.SMTPDataError) as refused:
         await asyncio.to_thread(_send, running.port, ["erin@example.net"], bad_stream)
@@ -230,6 +235,7 @@ async def test_keygen_record_served_by_dns_verifies_delivered_mail(start_gateway
     running = await start_gateway({"domains": [{"name": "example.org", "dkim": [
         {"selector": "k1", "key_file": str(key_file)}]}]})
     running.dns.add(name, "TXT", quoted)  # the record exactly as printed
+    await running.consent("offers", "fay@example.net")
     message = MARKETING.replace(b"news@example.com>", b"news@example.org>")
     await asyncio.to_thread(_send, running.port, ["fay@example.net"], message, "news@example.org")
     received = await _one_delivered(running)

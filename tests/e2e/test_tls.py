@@ -44,7 +44,8 @@ def _client_context() -> ssl.SSLContext:
 async def _start_with_tls(start_gateway: StartGateway, tmp_path: Path) -> Running:
     cert, key = _self_signed(tmp_path)
     account = {"username": "shop", "password_hash": hash_password(PASSWORD, n=2**10),
-               "allowed_from_domains": ["example.com"]}
+               "allowed_from_domains": ["example.com"],
+               "default_stream": "transactional"}
     return await start_gateway({"smtp": {
         "tls_cert": str(cert), "tls_key": str(key), "listen_tls": ["127.0.0.1:0"],
         "allowed_networks": ["127.0.0.2/32"], "accounts": [account]}})

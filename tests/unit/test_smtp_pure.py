@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
+from gateway.ingest.addresses import normalize_recipient
 from gateway.smtp import replies
-from gateway.smtp.addresses import normalize_recipient
 from gateway.smtp.content import TraceInfo, content_problem, received_header
 from gateway.smtp.limits import AuthLockout, ConnectionCounter
 from gateway.smtp.passwords import BadHash, VerifiedCache, hash_password, verify_password

@@ -1,0 +1,92 @@
+"""The thin I/O around the rules: read the records for a batch of recipients, decide each.
+
+One read transaction gathers every recipient's suppressions, consent and last send with
+a handful of indexed queries (SQLAlchemy's asyncio API: the event loop never waits on the
+database); the decisions themselves are the pure rules of :mod:`gateway.ingest.rules`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.ingest.addresses import address_hash
+from gateway.ingest.rules import (
+    ANY_STREAM_RULES,
+    DEFAULT_ACTIONS,
+    DEFAULT_ROLE_LOCAL_PARTS,
+    MARKETING_RULES,
+    Action,
+    Facts,
+    ListInfo,
+    Refusal,
+    Rule,
+    decide,
+    is_role_account,
+    rules_for,
+)
+from gateway.rewrite.message import Controls
+from gateway.storage import consent_store
+from gateway.storage.consent_store import RecipientRecords
+from gateway.storage.database import Database
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A refused recipient: why, and whether the sender hears of it (reject) or not (drop)."""
+
+    refusal: Refusal
+    action: Action
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Gate:
+    def __init__(self, db: Database, *, actions: Mapping[str, Action] = DEFAULT_ACTIONS,
+                 role_local_parts: frozenset[str] = DEFAULT_ROLE_LOCAL_PARTS,
+                 clock: Callable[[], datetime] = _utcnow) -> None:
+        self.db = db
+        self.actions = actions
+        self.role_local_parts = role_local_parts
+        self.clock = clock
+
+    async def at_rcpt(self, recipient: str, pinned: Controls | None) -> Verdict | None:
+        """Suppressions that hold for any mail; all marketing rules when a list is pinned."""
+        if pinned is not None and pinned.stream == "marketing" and pinned.list_key:
+            verdicts = await self.check([recipient], pinned, MARKETING_RULES)
+        else:
+            verdicts = await self.check([recipient], Controls("transactional"), ANY_STREAM_RULES)
+        return verdicts.get(recipient)
+
+    async def at_data(self, recipients: Sequence[str], controls: Controls) -> dict[str, Verdict]:
+        return await self.check(recipients, controls, rules_for(controls.stream))
+
+    async def check(self, recipients: Sequence[str], controls: Controls,
+                    rules: Sequence[Rule]) -> dict[str, Verdict]:
+        """The refused ones among ``recipients``, each with its verdict."""
+        hashes = {recipient: address_hash(recipient) for recipient in recipients}
+        now = self.clock()
+
+        async def load(conn: AsyncConnection) -> tuple[dict[str, RecipientRecords], ListInfo | None]:
+            records = await consent_store.records_for(conn, sorted(set(hashes.values())),
+                                                      controls.list_key, controls.campaign)
+            info = await consent_store.list_info(conn, controls.list_key) if controls.list_key else None
+            return records, info
+
+        records, info = await self.db.read(load)
+        verdicts: dict[str, Verdict] = {}
+        for recipient in recipients:
+            found = records[hashes[recipient]]
+            facts = Facts(recipient=recipient, now=now, stream=controls.stream, list_key=controls.list_key,
+                          campaign=controls.campaign, suppressions=found.suppressions,
+                          role_account=is_role_account(recipient, self.role_local_parts), list_info=info,
+                          consent=found.consent, last_sent_at=found.last_sent_at)
+            refusal = decide(facts, rules)
+            if refusal is not None:
+                verdicts[recipient] = Verdict(refusal, self.actions.get(refusal.reason, "reject"))
+        return verdicts

@@ -1,0 +1,225 @@
+"""Consent and suppression persistence: every SQL statement the ingest gate, the CLI and
+the admin API need. Functions take an open connection; callers choose the transaction."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Table, and_, delete, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.ingest.rules import Consent, ListInfo, Suppression
+from gateway.storage.tables import consent_history, consents, contacts, lists, marketing_sends, suppressions
+
+
+def _upsert(conn: AsyncConnection, table: Table) -> Any:
+    """INSERT ... ON CONFLICT for the connection's dialect (both speak the same clause)."""
+    return (postgresql.insert(table) if conn.dialect.name == "postgresql" else sqlite.insert(table))
+
+
+# -- facts for decisions ----------------------------------------------------------------
+
+@dataclass
+class RecipientRecords:
+    suppressions: list[Suppression]
+    consent: Consent | None = None
+    last_sent_at: datetime | None = None
+
+
+async def records_for(conn: AsyncConnection, hashes: Sequence[str], list_key: str,
+                      campaign: str) -> dict[str, RecipientRecords]:
+    """Suppressions (global, this list's, this campaign's), consent and last send, by hash.
+
+    Three indexed lookups for the whole batch of recipients, whatever its size.
+    """
+    found = {h: RecipientRecords([]) for h in hashes}
+    if not hashes:
+        return found
+    scopes = [suppressions.c.scope == "global"]
+    if list_key:
+        scopes.append(and_(suppressions.c.scope == "list", suppressions.c.scope_key == list_key))
+    if campaign:
+        scopes.append(and_(suppressions.c.scope == "campaign", suppressions.c.scope_key == campaign))
+    rows = await conn.execute(
+        select(suppressions.c.address_hash, suppressions.c.scope, suppressions.c.scope_key,
+               suppressions.c.reason, suppressions.c.expires_at)
+        .where(suppressions.c.address_hash.in_(hashes), or_(*scopes)))
+    for row in rows:
+        found[row.address_hash].suppressions.append(
+            Suppression(row.scope, row.scope_key, row.reason, row.expires_at))
+    if not list_key:
+        return found
+    rows = await conn.execute(
+        select(contacts.c.address_hash, consents.c.status, consents.c.frequency)
+        .join(consents, consents.c.contact_id == contacts.c.id)
+        .where(contacts.c.address_hash.in_(hashes), consents.c.list_key == list_key))
+    for row in rows:
+        found[row.address_hash].consent = Consent(row.status, row.frequency)
+    rows = await conn.execute(
+        select(marketing_sends.c.address_hash, marketing_sends.c.last_at)
+        .where(marketing_sends.c.address_hash.in_(hashes), marketing_sends.c.list_key == list_key))
+    for row in rows:
+        found[row.address_hash].last_sent_at = row.last_at
+    return found
+
+
+async def list_info(conn: AsyncConnection, key: str) -> ListInfo | None:
+    row = (await conn.execute(select(lists).where(lists.c.key == key))).first()
+    if row is None:
+        return None
+    return ListInfo(row.key, row.kind, bool(row.double_opt_in), json.loads(row.cap_days))
+
+
+async def record_sends(conn: AsyncConnection, sends: Iterable[tuple[str, str, datetime]]) -> None:
+    """Remember (address hash, list, time) of accepted marketing copies for the caps."""
+    rows = [{"address_hash": h, "list_key": key, "last_at": at} for h, key, at in sends]
+    if not rows:
+        return
+    statement = _upsert(conn, marketing_sends)
+    await conn.execute(statement.on_conflict_do_update(
+        index_elements=["address_hash", "list_key"], set_={"last_at": statement.excluded.last_at}), rows)
+
+
+# -- lists --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ListRecord:
+    key: str
+    kind: str
+    double_opt_in: bool
+    names: Mapping[str, str]
+    descriptions: Mapping[str, str]
+    cap_days: Mapping[str, float]
+    created_at: datetime
+
+
+async def add_list(conn: AsyncConnection, record: ListRecord) -> bool:
+    """Create the list; False when the key exists (nothing changed)."""
+    if (await conn.execute(select(lists.c.key).where(lists.c.key == record.key))).first():
+        return False
+    await conn.execute(insert(lists).values(
+        key=record.key, kind=record.kind, double_opt_in=record.double_opt_in,
+        names=json.dumps(dict(record.names), ensure_ascii=False),
+        descriptions=json.dumps(dict(record.descriptions), ensure_ascii=False),
+        cap_days=json.dumps(dict(record.cap_days)), created_at=record.created_at))
+    return True
+
+
+async def all_lists(conn: AsyncConnection) -> list[ListRecord]:
+    rows = await conn.execute(select(lists).order_by(lists.c.key))
+    return [ListRecord(r.key, r.kind, bool(r.double_opt_in), json.loads(r.names), json.loads(r.descriptions),
+                       json.loads(r.cap_days), r.created_at) for r in rows]
+
+
+# -- suppressions ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SuppressionRecord:
+    address: str | None
+    address_hash: str
+    scope: str
+    scope_key: str
+    reason: str
+    source: str
+    created_at: datetime
+    expires_at: datetime | None = None
+    note: str | None = None
+
+
+async def add_suppressions(conn: AsyncConnection, records: Sequence[SuppressionRecord]) -> int:
+    """Insert; an existing (address, scope, key, reason) is refreshed, not duplicated."""
+    if not records:
+        return 0
+    statement = _upsert(conn, suppressions)
+    result = await conn.execute(statement.on_conflict_do_update(
+        index_elements=["address_hash", "scope", "scope_key", "reason"],
+        set_={"expires_at": statement.excluded.expires_at, "note": statement.excluded.note,
+              "source": statement.excluded.source}),
+        [{"address": r.address, "address_hash": r.address_hash, "scope": r.scope, "scope_key": r.scope_key,
+          "reason": r.reason, "source": r.source, "created_at": r.created_at, "expires_at": r.expires_at,
+          "note": r.note} for r in records])
+    return int(result.rowcount or 0)
+
+
+async def remove_suppressions(conn: AsyncConnection, address_hash: str, *, scope: str | None = None,
+                              scope_key: str | None = None, reason: str | None = None) -> int:
+    query = delete(suppressions).where(suppressions.c.address_hash == address_hash)
+    if scope is not None:
+        query = query.where(suppressions.c.scope == scope)
+    if scope_key is not None:
+        query = query.where(suppressions.c.scope_key == scope_key)
+    if reason is not None:
+        query = query.where(suppressions.c.reason == reason)
+    return int((await conn.execute(query)).rowcount or 0)
+
+
+async def find_suppressions(conn: AsyncConnection, *, address_hash: str | None = None,
+                            after_id: int = 0, limit: int = 1000) -> list[tuple[int, SuppressionRecord]]:
+    """Suppressions in id order from ``after_id`` (pages for export), optionally one address."""
+    query = select(suppressions).where(suppressions.c.id > after_id).order_by(suppressions.c.id).limit(limit)
+    if address_hash is not None:
+        query = query.where(suppressions.c.address_hash == address_hash)
+    return [(r.id, SuppressionRecord(r.address, r.address_hash, r.scope, r.scope_key, r.reason, r.source,
+                                     r.created_at, r.expires_at, r.note))
+            for r in await conn.execute(query)]
+
+
+# -- contacts and consents ------------------------------------------------------------------
+
+async def contact_id(conn: AsyncConnection, address: str, address_hash: str, now: datetime,
+                     locale: str | None = None, attributes: Mapping[str, Any] | None = None) -> int:
+    """The contact for this address, created if new (locale and attributes then set)."""
+    row = (await conn.execute(select(contacts.c.id).where(contacts.c.address_hash == address_hash))).first()
+    if row is not None:
+        return int(row.id)
+    result = await conn.execute(insert(contacts).values(
+        address=address, address_hash=address_hash, created_at=now, locale=locale,
+        attributes=json.dumps(dict(attributes or {}), ensure_ascii=False)).returning(contacts.c.id))
+    return int(result.scalar_one())
+
+
+@dataclass(frozen=True)
+class ConsentChange:
+    contact_id: int
+    address_hash: str
+    list_key: str
+    status: str
+    source: str
+    at: datetime
+    frequency: str | None = None
+    ip: str | None = None
+    user_agent: str | None = None
+    proof: str | None = None
+
+
+async def record_consent(conn: AsyncConnection, change: ConsentChange) -> None:
+    """Set the current state and append the change, with its proof, to the history."""
+    statement = _upsert(conn, consents)
+    await conn.execute(statement.values(
+        contact_id=change.contact_id, list_key=change.list_key, status=change.status,
+        frequency=change.frequency, updated_at=change.at).on_conflict_do_update(
+        index_elements=["contact_id", "list_key"],
+        set_={"status": change.status, "updated_at": change.at,
+              "frequency": change.frequency if change.frequency is not None else consents.c.frequency}))
+    await conn.execute(insert(consent_history).values(
+        contact_id=change.contact_id, address_hash=change.address_hash, list_key=change.list_key,
+        status=change.status, frequency=change.frequency, source=change.source, at=change.at,
+        ip=change.ip, user_agent=change.user_agent, proof=change.proof))
+
+
+async def consent_history_of(conn: AsyncConnection, address_hash: str) -> list[dict[str, Any]]:
+    rows = await conn.execute(select(consent_history).where(consent_history.c.address_hash == address_hash)
+                              .order_by(consent_history.c.id))
+    return [dict(row._mapping) for row in rows]
+
+
+async def erase_contact(conn: AsyncConnection, address_hash: str, now: datetime) -> bool:
+    """Erasure request: the address and attributes go, the hashed consent proof stays."""
+    result = await conn.execute(update(contacts).where(contacts.c.address_hash == address_hash)
+                                .values(address=None, attributes="{}", locale=None, erased_at=now))
+    return bool(result.rowcount)
