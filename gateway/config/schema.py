@@ -196,6 +196,8 @@ class HttpSettings(Strict):
     public_listen: OptionalEndpoint = Field(default_factory=lambda: parse_host_port("127.0.0.1:8080"))
     # RFC 8058 one-click needs https on the Internet; http is for trying things locally.
     public_url: Annotated[str, BeforeValidator(_public_url)] = "http://127.0.0.1:8080"
+    # Bearer token for the admin API (/api/...), 32+ characters, mode 0600. Unset: no API.
+    api_token_file: Path | None = None
 
 
 class DnsSettings(Strict):

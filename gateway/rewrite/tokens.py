@@ -42,6 +42,7 @@ _TOKEN = re.compile(rf"[a-zA-Z2-7]{{{TOKEN_LENGTH}}}")
 class Purpose(StrEnum):
     UNSUBSCRIBE = "unsubscribe"
     VERP = "verp"
+    CONFIRM = "confirm"  # double opt-in: the number is a contact id, the binding its address and list
 
 
 @dataclass(frozen=True)
