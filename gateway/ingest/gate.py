@@ -7,6 +7,8 @@ database); the decisions themselves are the pure rules of :mod:`gateway.ingest.r
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,9 +31,12 @@ from gateway.ingest.rules import (
     rules_for,
 )
 from gateway.rewrite.message import Controls
-from gateway.storage import consent_store
+from gateway.storage import consent_store, queue_store
 from gateway.storage.consent_store import RecipientRecords
 from gateway.storage.database import Database
+from gateway.storage.errors import StorageError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,22 @@ class Gate:
         self.actions = actions
         self.role_local_parts = role_local_parts
         self.clock = clock
+        self._records: set[asyncio.Task[None]] = set()
+
+    def remember_refusals(self, refusals: Sequence[tuple[str, str]]) -> None:
+        """Record (recipient, reply) refusals for `gateway trace`, without holding up the
+        reply: nothing was accepted, so nothing depends on this write being durable first."""
+        now = self.clock()
+        rows = [(now, recipient, reply) for recipient, reply in refusals]
+        task = asyncio.create_task(self._write_refusals(rows), name="record-refusals")
+        self._records.add(task)
+        task.add_done_callback(self._records.discard)
+
+    async def _write_refusals(self, rows: list[tuple[datetime, str, str]]) -> None:
+        try:
+            await self.db.write(lambda conn: queue_store.record_refusals(conn, rows))
+        except StorageError as exc:
+            log.warning("could not record %d refusals for trace: %s", len(rows), exc)
 
     async def at_rcpt(self, recipient: str, pinned: Controls | None) -> Verdict | None:
         """Suppressions that hold for any mail; all marketing rules when a list is pinned."""

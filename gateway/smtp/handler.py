@@ -206,7 +206,10 @@ class IntakeHandler:
             if verdict is not None:
                 metrics.RECIPIENTS_SUPPRESSED.labels(verdict.refusal.reason, verdict.action).inc()
                 if verdict.action == "reject":
-                    return _refusal_reply(recipient, verdict.refusal)
+                    reply = _refusal_reply(recipient, verdict.refusal)
+                    self.gate.remember_refusals([(recipient, reply)])
+                    metrics.SMTP_REFUSALS.labels("recipient_refused").inc()
+                    return reply
                 _dropped(envelope)[recipient] = verdict
         envelope.rcpt_tos.append(recipient)
         envelope.rcpt_options.extend(rcpt_options)
@@ -284,6 +287,10 @@ class IntakeHandler:
         if len(refused) == len(recipients):
             rejects = [(r, v.refusal) for r, v in refused.items() if v.action == "reject"]
             if rejects:
+                if self.gate is not None:
+                    self.gate.remember_refusals(
+                        [(r, _refusal_reply(r, verdict.refusal)) for r, verdict in refused.items()])
+                metrics.SMTP_REFUSALS.labels("recipient_refused").inc()
                 return _refusal_reply(*rejects[0])
         return refused
 
@@ -359,7 +366,6 @@ def _dropped(envelope: Envelope) -> dict[str, Verdict]:
 
 
 def _refusal_reply(recipient: str, refusal: Refusal) -> str:
-    metrics.SMTP_REFUSALS.labels("recipient_refused").inc()
     if refusal.reason == "no-consent":
         return replies.NO_CONSENT.format(recipient=recipient, list=refusal.detail)
     if refusal.reason == "unknown-list":

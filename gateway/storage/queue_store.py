@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import bindparam, exists, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.ingest.addresses import address_hash
+from gateway.ingest.addresses import address_hash, normalize_recipient
 from gateway.records import (
     PENDING_STATES,
     ClaimedDelivery,
@@ -305,6 +305,18 @@ async def delivery_ref(conn: AsyncConnection, delivery_id: int) -> DeliveryRef |
     return DeliveryRef(row.id, row.queue_id, row.recipient, row.list_key, row.campaign)
 
 
+REFUSED = "refused"  # event kind: refused before anything was queued (no queue id)
+
+
+async def record_refusals(conn: AsyncConnection, refusals: Sequence[tuple[datetime, str, str]]) -> None:
+    """Recipients refused with a 5xx (at RCPT, or a whole message at end of DATA), so that
+    `gateway trace ADDRESS` can say why a person got nothing: (time, recipient, reply)."""
+    if refusals:
+        await conn.execute(insert(events), [
+            {"at": at, "kind": REFUSED, "queue_id": "", "recipient": recipient,
+             "reply": storable(reply, MAX_REPLY)} for at, recipient, reply in refusals])
+
+
 @dataclass(frozen=True)
 class TraceRow:
     at: datetime
@@ -317,6 +329,8 @@ class TraceRow:
 async def trace(conn: AsyncConnection, key: str, limit: int = 200) -> list[TraceRow]:
     """Every recorded step for a queue id, a Message-ID header or a recipient address."""
     key = key.strip()
+    if "@" in key and "<" not in key:
+        key = normalize_recipient(key) or key  # stored with the domain in lower-case A-labels
     bare = key.strip("<>")
     matching = select(messages.c.queue_id).where(or_(
         messages.c.queue_id == key.upper(),
@@ -327,8 +341,12 @@ async def trace(conn: AsyncConnection, key: str, limit: int = 200) -> list[Trace
     if by_recipient is not None:
         queue_ids |= {row[0] for row in await conn.execute(
             select(deliveries.c.queue_id).where(by_recipient).limit(limit))}
+    refused = [] if by_recipient is None else [
+        TraceRow(e.at, "-", e.recipient, e.kind, e.reply or "") for e in await conn.execute(
+            select(events).where(events.c.queue_id == "", events.c.recipient == key)
+            .order_by(events.c.id).limit(limit))]
     if not queue_ids:
-        return []
+        return refused
     received = await conn.execute(
         select(messages.c.queue_id, messages.c.received_at, messages.c.mail_from,
                messages.c.client_ip, messages.c.recipient_count, messages.c.header_message_id)
@@ -343,5 +361,6 @@ async def trace(conn: AsyncConnection, key: str, limit: int = 200) -> list[Trace
         where = f" via {e.remote}" if e.remote else ""
         source = f" from {e.source_ip}" if e.source_ip else ""
         out.append(TraceRow(e.at, e.queue_id, e.recipient, e.kind, f"{e.reply}{where}{source}"))
+    out.extend(refused)
     out.sort(key=lambda row: (row.at, row.kind != "received"))
     return out
