@@ -231,7 +231,7 @@ class IntakeHandler:
         if isinstance(prepared, str):
             return prepared  # refused
         if prepared is not None:
-            refused = await self._decide(envelope, outbound, prepared.controls)
+            refused = await self._decide(session, envelope, outbound, prepared.controls)
             if isinstance(refused, str):
                 return refused
             outbound = [r for r in outbound if r not in refused]
@@ -270,12 +270,12 @@ class IntakeHandler:
         found = values(queued, b"Message-ID")
         return Prepared(join_message(queued, body), controls, found[0][:998] if found else None)
 
-    async def _decide(self, envelope: Envelope, recipients: list[str],
+    async def _decide(self, session: Session, envelope: Envelope, recipients: list[str],
                       controls: Controls) -> dict[str, Verdict] | str:
         """Refused recipients (dropped at RCPT, or refused now that the list is known), or the
         reply refusing the whole message when none is left and one refusal was a reject."""
         refused = dict(_dropped(envelope))
-        if self.gate is not None:
+        if self.gate is not None and not _decided_at_rcpt(controls, _pinned(_account(session))):
             try:
                 verdicts = await self.gate.at_data([r for r in recipients if r not in refused], controls)
             except StorageError as exc:
@@ -354,6 +354,17 @@ def _pinned(account: Account | None) -> Controls | None:
     if account is None or not account.default_list or account.default_stream != "marketing":
         return None
     return Controls("marketing", account.default_list)
+
+
+def _decided_at_rcpt(controls: Controls, pinned: Controls | None) -> bool:
+    """Whether RCPT already ran every rule this message needs: saves a read per message.
+
+    Transactional mail without a campaign needs only the any-stream suppressions, which
+    RCPT checks for every recipient; a pinned list's rules ran at RCPT with the same controls.
+    """
+    if controls.stream == "transactional" and not controls.campaign:
+        return True
+    return pinned is not None and controls == pinned
 
 
 def _dropped(envelope: Envelope) -> dict[str, Verdict]:
