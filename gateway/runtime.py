@@ -30,6 +30,7 @@ from gateway.smtp.server import Listener, start_listeners
 from gateway.storage.database import Database
 from gateway.storage.migrate import current_revision_of, head_revision
 from gateway.web.admin import EmbeddedServer, admin_app, embedded_server
+from gateway.web.api import ApiContext, admin_api, read_api_token
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,13 @@ class Gateway:
         await self.scheduler.prepare()
         self._tasks.append(asyncio.create_task(self.scheduler.run(), name="scheduler"))
         if self.settings.http.admin_listen is not None:
-            self.admin = embedded_server(admin_app(lambda: self.ready),
+            api = None
+            if self.settings.http.api_token_file is not None:
+                api = admin_api(ApiContext(
+                    self.db, self.copies.codec, self.settings.http.public_url,
+                    read_api_token(self.settings.http.api_token_file),
+                    role_local_parts=frozenset(name.lower() for name in self.settings.consent.role_accounts)))
+            self.admin = embedded_server(admin_app(lambda: self.ready, api=api),
                                          self.settings.http.admin_listen)
             self._tasks.append(asyncio.create_task(self.admin.serve(), name="admin-http"))
         self.listeners = await start_listeners(self.settings.smtp, self.handler, self.connections)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, and_, delete, insert, or_, select, update
+from sqlalchemy import ColumnElement, Table, and_, delete, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -223,3 +223,51 @@ async def erase_contact(conn: AsyncConnection, address_hash: str, now: datetime)
     result = await conn.execute(update(contacts).where(contacts.c.address_hash == address_hash)
                                 .values(address=None, attributes="{}", locale=None, erased_at=now))
     return bool(result.rowcount)
+
+
+# -- reading contacts back (admin API) ------------------------------------------------------
+
+@dataclass(frozen=True)
+class ContactRow:
+    id: int
+    address: str | None
+    address_hash: str
+    created_at: datetime
+    locale: str | None
+    attributes: dict[str, Any]
+    erased_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ConsentRow:
+    list_key: str
+    status: str
+    frequency: str | None
+    updated_at: datetime
+
+
+async def _contact_where(conn: AsyncConnection, clause: ColumnElement[bool]) -> ContactRow | None:
+    row = (await conn.execute(select(contacts).where(clause))).first()
+    if row is None:
+        return None
+    return ContactRow(int(row.id), row.address, row.address_hash, row.created_at, row.locale,
+                      json.loads(row.attributes or "{}"), row.erased_at)
+
+
+async def contact_by_hash(conn: AsyncConnection, digest: str) -> ContactRow | None:
+    return await _contact_where(conn, contacts.c.address_hash == digest)
+
+
+async def contact_by_id(conn: AsyncConnection, contact_id: int) -> ContactRow | None:
+    return await _contact_where(conn, contacts.c.id == contact_id)
+
+
+async def consents_of(conn: AsyncConnection, contact_id: int) -> list[ConsentRow]:
+    rows = await conn.execute(select(consents.c.list_key, consents.c.status, consents.c.frequency,
+                                     consents.c.updated_at)
+                              .where(consents.c.contact_id == contact_id).order_by(consents.c.list_key))
+    return [ConsentRow(r.list_key, r.status, r.frequency, r.updated_at) for r in rows]
+
+
+async def consent_for(conn: AsyncConnection, contact_id: int, list_key: str) -> ConsentRow | None:
+    return next((c for c in await consents_of(conn, contact_id) if c.list_key == list_key), None)

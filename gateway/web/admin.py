@@ -1,4 +1,4 @@
-"""The admin HTTP listener: Prometheus /metrics and a health check."""
+"""The admin HTTP listener: Prometheus /metrics, a health check and the JSON API (/api)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gateway.config.units import HostPort
 
 
-def admin_app(healthy: Callable[[], bool]) -> FastAPI:
+def admin_app(healthy: Callable[[], bool], api: FastAPI | None = None) -> FastAPI:
+    """``api`` (gateway.web.api.admin_api) is served under /api; without it /api is 404."""
     app = FastAPI(title="smtp-gateway admin", docs_url=None, redoc_url=None)
 
     @app.get("/metrics")
@@ -25,6 +26,8 @@ def admin_app(healthy: Callable[[], bool]) -> FastAPI:
         return Response("ok\n" if ok else "starting or stopping\n", status_code=200 if ok else 503,
                         media_type="text/plain")
 
+    if api is not None:
+        app.mount("/api", api)
     return app
 
 
