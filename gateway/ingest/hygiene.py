@@ -18,6 +18,11 @@ COMMON_DOMAINS = (
     "me.com", "mac.com", "aol.com", "gmx.de", "gmx.net", "web.de", "t-online.de", "mail.ru", "yandex.ru",
     "qq.com", "163.com", "126.com", "sina.com", "orange.fr", "free.fr", "comcast.net", "proton.me",
     "protonmail.com",
+    # Real providers one edit away from another entry: listed so that they are never "corrected"
+    # (mail.com and email.com are one edit from gmail.com).
+    "mail.com", "email.com", "gmx.com", "gmx.at", "mail.de", "live.de", "live.fr", "hotmail.de",
+    "hotmail.es", "hotmail.it", "yahoo.es", "yahoo.it", "outlook.de", "aim.com", "zoho.com",
+    "fastmail.com", "posteo.de",
 )
 # A small built-in list of throwaway-address services; operators extend it in config.
 DISPOSABLE_DOMAINS = frozenset({
