@@ -11,7 +11,7 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.cli import dkim_cmd, queue_cmd
+from gateway.cli import consent_cmd, dkim_cmd, queue_cmd
 from gateway.config.loader import ConfigError, load_settings
 from gateway.config.policy import load_policy
 from gateway.config.schema import Settings
@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     dkim_cmd.add_parsers(verbs, _config_arg)
     queue_cmd.add_parsers(verbs, _config_arg)
+    consent_cmd.add_parsers(verbs, _config_arg)
     return parser
 
 
@@ -92,6 +93,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.verb == "dkim":
         return dkim_cmd.run(args)
+    if args.verb in ("lists", "suppress", "contacts"):
+        return consent_cmd.run(args)
     if args.verb == "passwd":
         print(hash_password(_read_password()))
         return 0
