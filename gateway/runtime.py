@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import socket
@@ -182,6 +183,10 @@ async def serve(config_paths: Sequence[Path]) -> None:
     except BaseException:
         await gateway.stop()
         raise
+    # Everything loaded so far lives as long as the process: take it out of the collector's
+    # reach, so that a full collection walks only what requests create (40 ms -> a few ms).
+    gc.collect()
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,6 +38,7 @@ from gateway.storage.database import Database
 from gateway.storage.errors import StorageError
 
 log = logging.getLogger(__name__)
+LIST_TTL = 2.0
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,20 @@ class Gate:
         self.role_local_parts = role_local_parts
         self.clock = clock
         self._records: set[asyncio.Task[None]] = set()
+        self._lists: dict[str, tuple[float, ListInfo | None]] = {}
+
+    async def _list_info(self, key: str) -> ListInfo | None:
+        """Lists change rarely and every marketing decision needs one: kept LIST_TTL seconds,
+        so a list added with the CLI or the API is known to a running gateway that soon."""
+        now = time.monotonic()
+        cached = self._lists.get(key)
+        if cached is not None and now - cached[0] < LIST_TTL:
+            return cached[1]
+        info = await self.db.read(lambda conn: consent_store.list_info(conn, key))
+        if len(self._lists) > 1000:
+            self._lists.clear()
+        self._lists[key] = (now, info)
+        return info
 
     def remember_refusals(self, refusals: Sequence[tuple[str, str]]) -> None:
         """Record (recipient, reply) refusals for `gateway trace`, without holding up the
@@ -93,13 +109,13 @@ class Gate:
         hashes = {recipient: address_hash(recipient) for recipient in recipients}
         now = self.clock()
 
-        async def load(conn: AsyncConnection) -> tuple[dict[str, RecipientRecords], ListInfo | None]:
-            records = await consent_store.records_for(conn, sorted(set(hashes.values())),
-                                                      controls.list_key, controls.campaign)
-            info = await consent_store.list_info(conn, controls.list_key) if controls.list_key else None
-            return records, info
+        info = await self._list_info(controls.list_key) if controls.list_key else None
 
-        records, info = await self.db.read(load)
+        async def load(conn: AsyncConnection) -> dict[str, RecipientRecords]:
+            return await consent_store.records_for(conn, sorted(set(hashes.values())),
+                                                   controls.list_key, controls.campaign)
+
+        records = await self.db.read(load)
         verdicts: dict[str, Verdict] = {}
         for recipient in recipients:
             found = records[hashes[recipient]]

@@ -11,8 +11,9 @@ When the rules run:
   :data:`ANY_STREAM_RULES` apply - suppressions that hold whatever the mail is - unless
   the account pins a default list, whose marketing rules then run at RCPT too;
 - at end of DATA, the rules of the message's stream: :data:`MARKETING_RULES` or
-  :data:`TRANSACTIONAL_RULES`. Transactional mail skips consent, caps and unsubscribes,
-  but never a hard bounce, complaint or spam trap.
+  :data:`TRANSACTIONAL_RULES`. Transactional mail skips consent, caps, role accounts and
+  global unsubscribes, but never a hard bounce, complaint or spam trap; a campaign's own
+  suppressions ("do not send this campaign twice") hold whatever the stream.
 """
 
 from __future__ import annotations

@@ -9,13 +9,35 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, and_, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    String,
+    Table,
+    and_,
+    delete,
+    func,
+    insert,
+    literal,
+    null,
+    or_,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.ingest.csv_import import ContactRow as ImportRow
 from gateway.ingest.rules import Consent, ListInfo, Suppression
-from gateway.storage.tables import consent_history, consents, contacts, lists, marketing_sends, suppressions
+from gateway.storage.tables import (
+    UTCDateTime,
+    consent_history,
+    consents,
+    contacts,
+    lists,
+    marketing_sends,
+    suppressions,
+)
 
 
 def _upsert(conn: AsyncConnection, table: Table) -> Any:
@@ -36,7 +58,9 @@ async def records_for(conn: AsyncConnection, hashes: Sequence[str], list_key: st
                       campaign: str) -> dict[str, RecipientRecords]:
     """Suppressions (global, this list's, this campaign's), consent and last send, by hash.
 
-    Three indexed lookups for the whole batch of recipients, whatever its size.
+    One statement for the whole batch: three indexed lookups joined with UNION ALL. Each
+    statement is a round trip to the database driver's thread (~0.5 ms with aiosqlite), so
+    one statement instead of three is what keeps a decision within its latency budget.
     """
     found = {h: RecipientRecords([]) for h in hashes}
     if not hashes:
@@ -46,26 +70,28 @@ async def records_for(conn: AsyncConnection, hashes: Sequence[str], list_key: st
         scopes.append(and_(suppressions.c.scope == "list", suppressions.c.scope_key == list_key))
     if campaign:
         scopes.append(and_(suppressions.c.scope == "campaign", suppressions.c.scope_key == campaign))
-    rows = await conn.execute(
-        select(suppressions.c.address_hash, suppressions.c.scope, suppressions.c.scope_key,
-               suppressions.c.reason, suppressions.c.expires_at)
-        .where(suppressions.c.address_hash.in_(hashes), or_(*scopes)))
-    for row in rows:
-        found[row.address_hash].suppressions.append(
-            Suppression(row.scope, row.scope_key, row.reason, row.expires_at))
-    if not list_key:
-        return found
-    rows = await conn.execute(
-        select(contacts.c.address_hash, consents.c.status, consents.c.frequency)
-        .join(consents, consents.c.contact_id == contacts.c.id)
-        .where(contacts.c.address_hash.in_(hashes), consents.c.list_key == list_key))
-    for row in rows:
-        found[row.address_hash].consent = Consent(row.status, row.frequency)
-    rows = await conn.execute(
-        select(marketing_sends.c.address_hash, marketing_sends.c.last_at)
-        .where(marketing_sends.c.address_hash.in_(hashes), marketing_sends.c.list_key == list_key))
-    for row in rows:
-        found[row.address_hash].last_sent_at = row.last_at
+    parts = [select(literal("s").label("kind"), suppressions.c.address_hash, suppressions.c.scope.label("a"),
+                    suppressions.c.scope_key.label("b"), suppressions.c.reason.label("c"),
+                    suppressions.c.expires_at.label("at"))
+             .where(suppressions.c.address_hash.in_(hashes), or_(*scopes))]
+    if list_key:
+        no_text, no_time = null().cast(String), null().cast(UTCDateTime())
+        parts.append(select(literal("c"), contacts.c.address_hash, consents.c.status, consents.c.frequency,
+                            no_text, no_time)
+                     .join(consents, consents.c.contact_id == contacts.c.id)
+                     .where(contacts.c.address_hash.in_(hashes), consents.c.list_key == list_key))
+        parts.append(select(literal("m"), marketing_sends.c.address_hash, no_text, no_text, no_text,
+                            marketing_sends.c.last_at)
+                     .where(marketing_sends.c.address_hash.in_(hashes),
+                            marketing_sends.c.list_key == list_key))
+    for row in await conn.execute(union_all(*parts)):
+        record = found[row.address_hash]
+        if row.kind == "s":
+            record.suppressions.append(Suppression(row.a, row.b, row.c, row.at))
+        elif row.kind == "c":
+            record.consent = Consent(row.a, row.b)
+        else:
+            record.last_sent_at = row.at
     return found
 
 
