@@ -14,8 +14,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from gateway.ingest.addresses import address_hash
 from gateway.ingest.rules import (
     ANY_STREAM_RULES,
@@ -39,6 +37,7 @@ from gateway.storage.errors import StorageError
 
 log = logging.getLogger(__name__)
 LIST_TTL = 2.0
+Scope = tuple[str, str]  # (list key, campaign): what a batch of record lookups shares
 
 
 @dataclass(frozen=True)
@@ -61,8 +60,48 @@ class Gate:
         self.actions = actions
         self.role_local_parts = role_local_parts
         self.clock = clock
-        self._records: set[asyncio.Task[None]] = set()
+        self._refusal_writes: set[asyncio.Task[None]] = set()
         self._lists: dict[str, tuple[float, ListInfo | None]] = {}
+        self._waiting: dict[Scope, dict[str, list[asyncio.Future[RecipientRecords]]]] = {}
+        self._lookups: dict[Scope, asyncio.Task[None]] = {}
+
+    async def _records(self, hashes: list[str], scope: Scope) -> dict[str, RecipientRecords]:
+        """Records for ``hashes``, read together with what other sessions ask at the same time.
+
+        Like the spool's group commit, for reads: while one lookup for a (list, campaign) is
+        running, the hashes asked for meanwhile wait and go in the next one. Twenty sessions
+        sending RCPTs (or one campaign's messages) then cost one round trip to the database
+        instead of twenty.
+        """
+        loop = asyncio.get_running_loop()
+        waiting = self._waiting.setdefault(scope, {})
+        futures = []
+        for digest in hashes:
+            future: asyncio.Future[RecipientRecords] = loop.create_future()
+            waiting.setdefault(digest, []).append(future)
+            futures.append(future)
+        lookup = self._lookups.get(scope)
+        if lookup is None or lookup.done():
+            self._lookups[scope] = asyncio.create_task(self._look_up(scope), name="consent-lookup")
+        return dict(zip(hashes, await asyncio.gather(*futures), strict=True))
+
+    async def _look_up(self, scope: Scope) -> None:
+        while self._waiting.get(scope):
+            batch = self._waiting.pop(scope)
+            try:
+                hashes = list(batch)
+                found = await self.db.read(
+                    lambda conn: consent_store.records_for(conn, hashes, *scope))  # noqa: B023
+            except Exception as exc:  # every waiting session gets it (StorageError, usually)
+                for futures in batch.values():
+                    for future in futures:
+                        if not future.done():
+                            future.set_exception(exc)
+                continue
+            for digest, futures in batch.items():
+                for future in futures:
+                    if not future.done():
+                        future.set_result(found[digest])
 
     async def _list_info(self, key: str) -> ListInfo | None:
         """Lists change rarely and every marketing decision needs one: kept LIST_TTL seconds,
@@ -83,8 +122,8 @@ class Gate:
         now = self.clock()
         rows = [(now, recipient, reply) for recipient, reply in refusals]
         task = asyncio.create_task(self._write_refusals(rows), name="record-refusals")
-        self._records.add(task)
-        task.add_done_callback(self._records.discard)
+        self._refusal_writes.add(task)
+        task.add_done_callback(self._refusal_writes.discard)
 
     async def _write_refusals(self, rows: list[tuple[datetime, str, str]]) -> None:
         try:
@@ -110,12 +149,7 @@ class Gate:
         now = self.clock()
 
         info = await self._list_info(controls.list_key) if controls.list_key else None
-
-        async def load(conn: AsyncConnection) -> dict[str, RecipientRecords]:
-            return await consent_store.records_for(conn, sorted(set(hashes.values())),
-                                                   controls.list_key, controls.campaign)
-
-        records = await self.db.read(load)
+        records = await self._records(sorted(set(hashes.values())), (controls.list_key, controls.campaign))
         verdicts: dict[str, Verdict] = {}
         for recipient in recipients:
             found = records[hashes[recipient]]

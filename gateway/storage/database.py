@@ -61,7 +61,9 @@ def create_engine(url: str) -> AsyncEngine:
     path = sqlite_path(url)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(async_url(url), pool_pre_ping=path is None)
+    # Intake reads (consent checks) run once per RCPT from many sessions at a time: a pool too
+    # small for them would open and close a connection (a thread, for aiosqlite) per read.
+    engine = create_async_engine(async_url(url), pool_pre_ping=path is None, pool_size=20, max_overflow=20)
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
