@@ -516,6 +516,7 @@ class _Counts:
     imported: int = 0
     new: int = 0
     suppressed: int = 0
+    skipped: int = 0
     rejected: int = 0
     warnings: int = 0
     chunks: int = 0
@@ -598,11 +599,12 @@ def _contacts_import(db: _Db, args: argparse.Namespace, role_accounts: Sequence[
         nonlocal committed
         now = datetime.now(UTC)
         rows = list(chunk)
-        new, suppressed = db.write(
+        new, suppressed, skipped = db.write(
             lambda conn: consent_store.import_consents(conn, rows, list_key, source, now))
         counts.imported += len(rows)
         counts.new += new
         counts.suppressed += suppressed
+        counts.skipped += skipped
         counts.chunks += 1
         chunk.clear()
         _Progress(last_line, stat.st_size, stat.st_mtime_ns, list_key,
@@ -647,7 +649,8 @@ def _contacts_import(db: _Db, args: argparse.Namespace, role_accounts: Sequence[
     with contextlib.suppress(FileNotFoundError):
         progress_path.unlink()
     print(f"imported {counts.imported} contacts ({counts.new} new), rejected {counts.rejected} rows "
-          f"(see {reject_path}), {counts.warnings} warnings, {counts.suppressed} already suppressed")
+          f"(see {reject_path}), {counts.warnings} warnings, {counts.suppressed} already suppressed, "
+          f"{counts.skipped} skipped (withdrawn later, or erased)")
     return 0
 
 

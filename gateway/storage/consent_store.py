@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -335,9 +335,15 @@ async def contact_ids(conn: AsyncConnection, hashes: Sequence[str]) -> dict[str,
 
 
 async def import_consents(conn: AsyncConnection, rows: Sequence[ImportRow], list_key: str, source: str,
-                        now: datetime) -> tuple[int, int]:
+                        now: datetime) -> tuple[int, int, int]:
     """Confirmed consent for each row (contacts created as needed), as record_consent does
-    one by one. Returns (contacts created, rows whose address has an active global suppression)."""
+    one by one. Returns (contacts created, rows whose address has an active global
+    suppression, rows skipped).
+
+    A file never undoes what a person did later: a row for an erased contact, or for a
+    consent withdrawn at or after the row's consent time (a row without a time counts as
+    older), is skipped. Re-importing last year's list must not re-subscribe whoever left.
+    """
     hashes = [row.address_hash for row in rows]
     suppressed = 0
     for part in _batches(hashes):
@@ -352,6 +358,12 @@ async def import_consents(conn: AsyncConnection, rows: Sequence[ImportRow], list
             {"address": row.address, "address_hash": row.address_hash, "created_at": now,
              "locale": row.locale, "attributes": "{}"} for row in new])
         ids.update(await contact_ids(conn, [row.address_hash for row in new]))
+    blocked = await _withdrawn_or_erased(conn, list(ids.values()), list_key)
+    kept = [row for row in rows if not _overruled(blocked.get(ids[row.address_hash]), row.at)]
+    skipped = len(rows) - len(kept)
+    rows = kept
+    if not rows:
+        return len(new), suppressed, skipped
     statement = _upsert(conn, consents)
     await conn.execute(statement.on_conflict_do_update(
         index_elements=["contact_id", "list_key"],
@@ -363,7 +375,30 @@ async def import_consents(conn: AsyncConnection, rows: Sequence[ImportRow], list
         {"contact_id": ids[row.address_hash], "address_hash": row.address_hash, "list_key": list_key,
          "status": "confirmed", "frequency": row.frequency, "source": source, "at": row.at or now,
          "ip": row.ip, "user_agent": None, "proof": row.proof} for row in rows])
-    return len(new), suppressed
+    return len(new), suppressed, skipped
+
+
+ERASED = datetime.max.replace(tzinfo=UTC)  # no row time is later: an erased contact stays out
+
+
+async def _withdrawn_or_erased(conn: AsyncConnection, ids: Sequence[int],
+                               list_key: str) -> dict[int, datetime]:
+    """Contacts a file must not re-subscribe, with the time that a row would have to beat."""
+    blocked: dict[int, datetime] = {}
+    for start in range(0, len(ids), IN_BATCH):
+        part = ids[start:start + IN_BATCH]
+        for row in await conn.execute(select(contacts.c.id).where(contacts.c.id.in_(part),
+                                                                  contacts.c.erased_at.is_not(None))):
+            blocked[int(row.id)] = ERASED
+        for row in await conn.execute(select(consents.c.contact_id, consents.c.updated_at).where(
+                consents.c.contact_id.in_(part), consents.c.list_key == list_key,
+                consents.c.status == "withdrawn")):
+            blocked.setdefault(int(row.contact_id), row.updated_at)
+    return blocked
+
+
+def _overruled(withdrawn_at: datetime | None, consent_at: datetime | None) -> bool:
+    return withdrawn_at is not None and (consent_at is None or consent_at <= withdrawn_at)
 
 
 async def consent_page(conn: AsyncConnection, list_key: str | None, after: tuple[int, str],

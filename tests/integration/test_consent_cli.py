@@ -206,13 +206,13 @@ def test_contacts_import_checks_each_row_and_records_the_evidence(gw: Gateway, t
     earlier = write_csv(tmp_path / "earlier.csv", [["address"], ["gus@example.com"]])
     assert gw.ok("contacts", "import", str(earlier), "--list", "offers") == (
         f"imported 1 contacts (1 new), rejected 0 rows (see {tmp_path / 'earlier.rejects.csv'}), 0 warnings, "
-        f"0 already suppressed\n")
+        f"0 already suppressed, 0 skipped (withdrawn later, or erased)\n")
 
     source = write_csv(tmp_path / "people.csv", MIXED)
     result = gw("contacts", "import", str(source), *IMPORT_OPTIONS)
     assert result.returncode == 0, result.stderr
     assert result.stdout == (f"imported 5 contacts (4 new), rejected 5 rows (see {tmp_path / 'people.rejects.csv'}), "
-                             f"1 warnings, 1 already suppressed\n")
+                             f"1 warnings, 1 already suppressed, 0 skipped (withdrawn later, or erased)\n")
     assert read_csv(tmp_path / "people.rejects.csv") == [
         [*MIXED[0], "line", "reason"],
         [*MIXED[2], "3", "bad address syntax: 'not-an-address'"],

@@ -115,3 +115,31 @@ async def test_suppression_pages_and_removal(db: Database) -> None:
     assert len(first) == 10 and len(rest) == 15
     removed = await db.write(lambda conn: consent_store.remove_suppressions(conn, address_hash("u3@example.net")))
     assert removed == 1
+
+
+async def test_an_import_never_undoes_a_later_withdrawal_or_an_erasure(db: Database) -> None:
+    from gateway.ingest.csv_import import ContactRow
+
+    def row(address: str, at: datetime | None) -> ContactRow:
+        return ContactRow(1, address, address_hash(address), "old list", at=at)
+
+    async def setup(conn: AsyncConnection) -> None:
+        await consent_store.add_list(conn, ListRecord("news", "marketing", False, {}, {}, {}, NOW))
+        for address in ("left@example.net", "gone@example.net"):
+            contact = await consent_store.contact_id(conn, address, address_hash(address), NOW)
+            await consent_store.record_consent(conn, ConsentChange(contact, address_hash(address), "news",
+                                                                   "withdrawn", "preference-page", NOW))
+        await consent_store.erase_contact(conn, address_hash("gone@example.net"), NOW)
+
+    await db.write(setup)
+    rows = [row("left@example.net", None), row("left@example.net", NOW - timedelta(days=300)),
+            row("gone@example.net", NOW + timedelta(days=1)), row("new@example.net", None)]
+    new, suppressed, skipped = await db.write(
+        lambda conn: consent_store.import_consents(conn, rows, "news", "import", NOW + timedelta(days=2)))
+    assert (new, suppressed, skipped) == (1, 0, 3)
+    found = await db.read(lambda conn: consent_store.records_for(
+        conn, [address_hash(a) for a in ("left@example.net", "gone@example.net")], "news", ""))
+    assert [r.consent.status if r.consent else None for r in found.values()] == ["withdrawn", "withdrawn"]
+    # A consent given after the withdrawal (a new sign-up, with its time) does count.
+    later = [row("left@example.net", NOW + timedelta(days=1))]
+    assert await db.write(lambda conn: consent_store.import_consents(conn, later, "news", "import", NOW)) == (0, 0, 0)
