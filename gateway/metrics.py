@@ -75,7 +75,12 @@ CONFIG_RELOADS = Counter(
 
 RECIPIENTS_SUPPRESSED = Counter(
     "gateway_recipients_suppressed_total",
-    "Recipients refused by the consent and suppression rules, by reason and action "
-    "(reject: the mailer got a 5xx; drop: accepted, recorded, never sent)",
-    ["reason", "action"],
+    "Recipients received but never to be sent, by consent or suppression reason (part of "
+    "received = delivered + bounced + suppressed + expired + queued)",
+    ["reason"],
+)
+RECIPIENTS_REFUSED = Counter(
+    "gateway_recipients_refused_total",
+    "Recipients refused with a 5xx by the consent and suppression rules (never received)",
+    ["reason"],
 )

@@ -173,6 +173,16 @@ def parse_frequency(text: str) -> str | None:
     return value
 
 
+def _expiry_time(text: str, value: str, now: datetime) -> datetime:
+    try:
+        at = parse_time(value)
+    except ValueError:
+        raise ValueError(f"bad expiry {text!r}: expected a duration (30d, 12h) or an ISO 8601 time") from None
+    if at <= now:  # an expiry in the past would lift the suppression (that is what remove is for)
+        raise ValueError(f"bad expiry {text!r}: must be after now")
+    return at
+
+
 def parse_expiry(text: str, now: datetime) -> datetime | None:
     """An expiry written as a duration from now ("30d") or an ISO 8601 time; blank = never."""
     value = text.strip()
@@ -181,11 +191,7 @@ def parse_expiry(text: str, now: datetime) -> datetime | None:
     try:
         seconds = parse_duration(value)
     except ValueError:
-        try:
-            return parse_time(value)
-        except ValueError:
-            raise ValueError(f"bad expiry {text!r}: expected a duration (30d, 12h) "
-                             "or an ISO 8601 time") from None
+        return _expiry_time(text, value, now)
     if seconds <= 0:
         raise ValueError(f"bad expiry {text!r}: must be after now")
     return now + timedelta(seconds=seconds)

@@ -86,6 +86,12 @@ class Gate:
         return dict(zip(hashes, await asyncio.gather(*futures), strict=True))
 
     async def _look_up(self, scope: Scope) -> None:
+        try:
+            await self._look_up_batches(scope)
+        finally:
+            self._lookups.pop(scope, None)  # campaigns come and go: keep no entry per campaign
+
+    async def _look_up_batches(self, scope: Scope) -> None:
         while self._waiting.get(scope):
             batch = self._waiting.pop(scope)
             try:
@@ -111,6 +117,8 @@ class Gate:
         if cached is not None and now - cached[0] < LIST_TTL:
             return cached[1]
         info = await self.db.read(lambda conn: consent_store.list_info(conn, key))
+        if info is None:  # not remembered: a list created a moment later must be found at once
+            return None
         if len(self._lists) > 1000:
             self._lists.clear()
         self._lists[key] = (now, info)

@@ -20,7 +20,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
 from gateway import metrics
 from gateway.config.schema import Account, HeaderSettings, Settings
-from gateway.ingest.addresses import normalize_recipient, split_address
+from gateway.ingest.addresses import address_key, normalize_recipient, split_address
 from gateway.ingest.gate import Gate, Verdict
 from gateway.ingest.rules import Refusal
 from gateway.queue.spool import Spool
@@ -194,18 +194,21 @@ class IntakeHandler:
         recipient = normalize_recipient(address)
         if recipient is None:
             return self._refuse(replies.BAD_RECIPIENT_SYNTAX)
+        key = address_key(recipient)
+        if any(address_key(known) == key for known in envelope.rcpt_tos):
+            return str(replies.RECIPIENT_OK)  # the same person twice gets one copy (as Postfix does)
         may_relay = session.authenticated or self.policy.trusted(_peer_ip(session))
         if not may_relay and not self.policy.for_bounce_domain(recipient):
             return self._refuse(replies.AUTH_REQUIRED)
         if self.gate is not None and not self.policy.for_bounce_domain(recipient):
             try:
-                verdict = await self.gate.at_rcpt(recipient, _pinned(_account(session)))
+                verdict = await self.gate.at_rcpt(recipient, _pinned(_account(session), envelope))
             except StorageError as exc:
                 log.error("consent check for a recipient failed: %s", exc)
                 return self._refuse(replies.CONSENT_CHECK_FAILED)
             if verdict is not None:
-                metrics.RECIPIENTS_SUPPRESSED.labels(verdict.refusal.reason, verdict.action).inc()
                 if verdict.action == "reject":
+                    metrics.RECIPIENTS_REFUSED.labels(verdict.refusal.reason).inc()
                     reply = _refusal_reply(recipient, verdict.refusal)
                     self.gate.remember_refusals([(recipient, reply)])
                     metrics.SMTP_REFUSALS.labels("recipient_refused").inc()
@@ -236,7 +239,8 @@ class IntakeHandler:
                 return refused
             outbound = [r for r in outbound if r not in refused]
             prepared = replace(prepared, suppressed=tuple(
-                (r, f"suppressed: {verdict.refusal.describe()}") for r, verdict in refused.items()))
+                (r, f"suppressed: {verdict.refusal.describe()}") for r, verdict in refused.items()),
+                suppressed_reasons=tuple(verdict.refusal.reason for verdict in refused.values()))
         try:
             if inbound:
                 await self._store_inbound(session, envelope, data, inbound, now)
@@ -274,19 +278,22 @@ class IntakeHandler:
                       controls: Controls) -> dict[str, Verdict] | str:
         """Refused recipients (dropped at RCPT, or refused now that the list is known), or the
         reply refusing the whole message when none is left and one refusal was a reject."""
-        refused = dict(_dropped(envelope))
-        if self.gate is not None and not _decided_at_rcpt(controls, _pinned(_account(session))):
+        pinned = _pinned(_account(session), envelope)
+        # Drops decided at RCPT under a pinned list stand only if the message is what was
+        # assumed there; if its headers name another stream or list, every rule runs again.
+        refused = dict(_dropped(envelope)) if pinned is None or controls == pinned else {}
+        if self.gate is not None and not _decided_at_rcpt(controls, pinned):
             try:
                 verdicts = await self.gate.at_data([r for r in recipients if r not in refused], controls)
             except StorageError as exc:
                 log.error("consent check at end of DATA failed: %s", exc)
                 return self._refuse(replies.CONSENT_CHECK_FAILED)
-            for verdict in verdicts.values():
-                metrics.RECIPIENTS_SUPPRESSED.labels(verdict.refusal.reason, verdict.action).inc()
             refused.update(verdicts)
         if len(refused) == len(recipients):
             rejects = [(r, v.refusal) for r, v in refused.items() if v.action == "reject"]
             if rejects:
+                for verdict in refused.values():
+                    metrics.RECIPIENTS_REFUSED.labels(verdict.refusal.reason).inc()
                 if self.gate is not None:
                     self.gate.remember_refusals(
                         [(r, _refusal_reply(r, verdict.refusal)) for r, verdict in refused.items()])
@@ -311,6 +318,8 @@ class IntakeHandler:
             suppressed=prepared.suppressed))
         metrics.MESSAGES_RECEIVED.inc()
         metrics.RECIPIENTS_RECEIVED.inc(len(recipients) + len(prepared.suppressed))
+        for reason in prepared.suppressed_reasons:  # received, recorded, never to be sent
+            metrics.RECIPIENTS_SUPPRESSED.labels(reason).inc()
 
     async def _store_inbound(self, session: Session, envelope: Envelope, data: bytes,
                              recipients: list[str], now: datetime) -> None:
@@ -337,6 +346,7 @@ class Prepared:
     controls: Controls
     message_id: str | None
     suppressed: tuple[tuple[str, str], ...] = ()
+    suppressed_reasons: tuple[str, ...] = ()
 
 
 def _defaults(account: Account | None, envelope: Envelope) -> Controls:
@@ -349,9 +359,12 @@ def _defaults(account: Account | None, envelope: Envelope) -> Controls:
     return Controls(stream, account.default_list or "")
 
 
-def _pinned(account: Account | None) -> Controls | None:
-    """An account that pins a list sends marketing for it: its rules can run at RCPT."""
+def _pinned(account: Account | None, envelope: Envelope) -> Controls | None:
+    """An account that pins a list sends marketing for it: its rules can run at RCPT.
+    Not for the null sender (DSNs, read receipts): that mail is never marketing."""
     if account is None or not account.default_list or account.default_stream != "marketing":
+        return None
+    if envelope.mail_from == NULL_PATH:
         return None
     return Controls("marketing", account.default_list)
 

@@ -14,6 +14,7 @@ from sqlalchemy import (
     String,
     Table,
     and_,
+    case,
     delete,
     func,
     insert,
@@ -63,8 +64,13 @@ async def records_for(conn: AsyncConnection, hashes: Sequence[str], list_key: st
     one statement instead of three is what keeps a decision within its latency budget.
     """
     found = {h: RecipientRecords([]) for h in hashes}
-    if not hashes:
-        return found
+    for start in range(0, len(hashes), IN_BATCH):
+        await _read_records(conn, hashes[start:start + IN_BATCH], list_key, campaign, found)
+    return found
+
+
+async def _read_records(conn: AsyncConnection, hashes: Sequence[str], list_key: str, campaign: str,
+                        found: dict[str, RecipientRecords]) -> None:
     scopes = [suppressions.c.scope == "global"]
     if list_key:
         scopes.append(and_(suppressions.c.scope == "list", suppressions.c.scope_key == list_key))
@@ -92,7 +98,6 @@ async def records_for(conn: AsyncConnection, hashes: Sequence[str], list_key: st
             record.consent = Consent(row.a, row.b)
         else:
             record.last_sent_at = row.at
-    return found
 
 
 async def list_info(conn: AsyncConnection, key: str) -> ListInfo | None:
@@ -159,13 +164,19 @@ class SuppressionRecord:
 
 
 async def add_suppressions(conn: AsyncConnection, records: Sequence[SuppressionRecord]) -> int:
-    """Insert; an existing (address, scope, key, reason) is refreshed, not duplicated."""
+    """Insert; an existing (address, scope, key, reason) is refreshed, not duplicated.
+
+    Adding a suppression again never shortens it: the later expiry wins, and "never" (NULL)
+    beats any date. Lifting one is `remove_suppressions`' job, not a side effect of an import.
+    """
     if not records:
         return 0
     statement = _upsert(conn, suppressions)
+    old, new = suppressions.c.expires_at, statement.excluded.expires_at
     result = await conn.execute(statement.on_conflict_do_update(
         index_elements=["address_hash", "scope", "scope_key", "reason"],
-        set_={"expires_at": statement.excluded.expires_at, "note": statement.excluded.note,
+        set_={"expires_at": case((or_(old.is_(None), new.is_(None)), None), (new > old, new), else_=old),
+              "note": func.coalesce(statement.excluded.note, suppressions.c.note),
               "source": statement.excluded.source}),
         [{"address": r.address, "address_hash": r.address_hash, "scope": r.scope, "scope_key": r.scope_key,
           "reason": r.reason, "source": r.source, "created_at": r.created_at, "expires_at": r.expires_at,

@@ -327,6 +327,17 @@ class SuppressionIn(Body):
     expires_at: AwareDatetime | None = None
     note: Annotated[StrictStr, Field(max_length=2000)] | None = None
 
+    @field_validator("expires_at")
+    @classmethod
+    def _in_the_future(cls, value: datetime | None) -> datetime | None:
+        """Within the range the database can hold (the endpoint checks it is in the future)."""
+        if value is None:
+            return None
+        try:
+            return value.astimezone(UTC)
+        except (OverflowError, ValueError):
+            raise ValueError("out of range") from None
+
     @field_validator("address_hash")
     @classmethod
     def _not_both(cls, value: str | None, info: ValidationInfo) -> str | None:
@@ -361,7 +372,8 @@ def _scope_key(scope: object, key: str) -> str:
 class SuppressionQuery(Body):
     address: Address | None = None
     address_hash: AddressHash | None = None
-    after_id: int = Field(default=0, ge=0, description="page on: the last id of the previous page")
+    after_id: int = Field(default=0, ge=0, le=2**63 - 1,
+                          description="page on: the last id of the previous page")
     limit: int = Field(default=100, ge=1, le=SUPPRESSION_PAGE)
 
     @model_validator(mode="after")
@@ -745,6 +757,9 @@ def admin_api(ctx: ApiContext) -> FastAPI:
     @app.post("/suppressions", status_code=201, response_model=SuppressionOut,
               responses={**NOT_FOUND, **INVALID}, summary="suppress an address (or its hash)")
     async def add_suppression(body: SuppressionIn) -> SuppressionOut:
+        if body.expires_at is not None and body.expires_at <= ctx.clock():
+            # A past expiry would lift a suppression in force; removing one is DELETE's job.
+            raise _invalid("expires_at", "must be in the future")
         digest = body.address_hash or address_hash(body.address or "")
         record = consent_store.SuppressionRecord(body.address, digest, body.scope, body.key, body.reason,
                                                  "api", ctx.clock(), body.expires_at, body.note)

@@ -150,3 +150,30 @@ async def test_pinned_list_is_checked_at_rcpt_and_actions_are_configurable(start
     assert await delivered_to(running, 1) == ["hal@example.net"]
     rows = await trace(running, "jon@example.net", "suppressed")
     assert [r.detail for r in rows if r.kind == "suppressed"] == ["suppressed: no-consent (news)"]
+
+
+async def test_a_pinned_accounts_transactional_mail_is_decided_by_its_own_rules(start_gateway: StartGateway) -> None:
+    account = {"username": "crm", "password_hash": hash_password("login-secret", n=2**10),
+               "allowed_from_domains": ["example.com"], "default_list": "news"}
+    running = await start_gateway({"smtp": {"listen_trusted_local": ["127.0.0.1:0"], "accounts": [account]}})
+    await running.consent("news", "kim@example.net", frequency="weekly")
+    newsletter = b"From: news@example.com\r\nSubject: news\r\n\r\nHi\r\n"
+    reset = b"From: news@example.com\r\nSubject: reset\r\nX-Gateway-Stream: transactional\r\n\r\nlink\r\n"
+    port = running.port_of("trusted-local")
+    assert (await asyncio.to_thread(session, port, ["kim@example.net"], newsletter, user="crm",
+                                    password="login-secret"))[-1][0] == 250
+    # At RCPT the pinned list's cap drops kim; the header says transactional, so DATA decides again.
+    assert (await asyncio.to_thread(session, port, ["kim@example.net"], reset, user="crm",
+                                    password="login-secret"))[-1][0] == 250
+    assert await delivered_to(running, 2) == ["kim@example.net", "kim@example.net"]
+
+
+async def test_the_same_person_twice_is_one_recipient(start_gateway: StartGateway) -> None:
+    running = await start_gateway()
+    await running.consent("news")  # the list, nobody on it yet
+    replies = await asyncio.to_thread(session, running.port, ["bob@example.net", "Bob@Example.net"], message())
+    assert replies[1] == replies[2] == (250, b"2.1.5 recipient ok")
+    assert replies[3] == (550, b"5.7.1 <bob@example.net>: no consent for list news")  # not a 250 for nobody
+    await running.consent("news", "bob@example.net")
+    await asyncio.to_thread(session, running.port, ["bob@example.net", "BOB@example.net"], message())
+    assert await delivered_to(running, 1) == ["bob@example.net"]

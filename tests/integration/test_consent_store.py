@@ -143,3 +143,17 @@ async def test_an_import_never_undoes_a_later_withdrawal_or_an_erasure(db: Datab
     # A consent given after the withdrawal (a new sign-up, with its time) does count.
     later = [row("left@example.net", NOW + timedelta(days=1))]
     assert await db.write(lambda conn: consent_store.import_consents(conn, later, "news", "import", NOW)) == (0, 0, 0)
+
+
+async def test_adding_a_suppression_again_never_shortens_it(db: Database) -> None:
+    soon, later = NOW + timedelta(days=1), NOW + timedelta(days=30)
+    for expires in (None, soon):  # permanent, then an import with an expiry
+        await db.write(lambda conn, e=expires: consent_store.add_suppressions(
+            conn, [_suppression("kay@example.net", "manual", expires=e)]))
+    await db.write(lambda conn: consent_store.add_suppressions(
+        conn, [_suppression("lee@example.net", "manual", expires=soon)]))
+    await db.write(lambda conn: consent_store.add_suppressions(
+        conn, [_suppression("lee@example.net", "manual", expires=later)]))
+    found = await db.read(lambda conn: consent_store.records_for(
+        conn, [address_hash("kay@example.net"), address_hash("lee@example.net")], "", ""))
+    assert [r.suppressions[0].expires_at for r in found.values()] == [None, later]
