@@ -116,6 +116,15 @@ class Account(Strict):
     allowed_from_domains: list[DomainName] = Field(min_length=1)
     default_list: ListKey | None = None
     default_stream: Stream = "marketing"
+    # Streams this account may declare. Transactional mail skips consent and caps, so a
+    # newsletter tool that must never skip them gets streams = ["marketing"].
+    streams: list[Stream] = Field(default_factory=lambda: ["marketing", "transactional"], min_length=1)
+
+    @model_validator(mode="after")
+    def _default_allowed(self) -> Account:
+        if self.default_stream not in self.streams:
+            raise ValueError(f"default_stream {self.default_stream} is not in streams")
+        return self
 
     @field_validator("password_hash")
     @classmethod

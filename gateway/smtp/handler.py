@@ -269,6 +269,8 @@ class IntakeHandler:
             return self._refuse(replies.BAD_HEADER, detail=_reply_safe(str(exc)))
         if account is not None and author not in account.allowed_from_domains:
             return self._refuse(replies.FROM_NOT_ALLOWED, domain=author)
+        if account is not None and controls.stream not in account.streams:
+            return self._refuse(replies.STREAM_NOT_ALLOWED, stream=controls.stream)
         if not self.policy.can_sign(author) and not self.policy.pass_unsigned:
             return self._refuse(replies.NO_SIGNING_KEY, domain=author)
         found = values(queued, b"Message-ID")

@@ -177,3 +177,14 @@ async def test_the_same_person_twice_is_one_recipient(start_gateway: StartGatewa
     await running.consent("news", "bob@example.net")
     await asyncio.to_thread(session, running.port, ["bob@example.net", "BOB@example.net"], message())
     assert await delivered_to(running, 1) == ["bob@example.net"]
+
+
+async def test_an_account_may_only_declare_its_streams(start_gateway: StartGateway) -> None:
+    account = {"username": "crm", "password_hash": hash_password("login-secret", n=2**10),
+               "allowed_from_domains": ["example.com"], "default_list": "news", "streams": ["marketing"]}
+    running = await start_gateway({"smtp": {"listen_trusted_local": ["127.0.0.1:0"], "accounts": [account]}})
+    await running.consent("news", "liz@example.net")
+    disguised = b"From: news@example.com\r\nSubject: offers\r\nX-Gateway-Stream: transactional\r\n\r\nbuy\r\n"
+    replies = await asyncio.to_thread(session, running.port_of("trusted-local"), ["liz@example.net"], disguised,
+                                      user="crm", password="login-secret")
+    assert replies[-1] == (550, b"5.7.1 stream transactional not allowed for this account")
