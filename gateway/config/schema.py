@@ -58,6 +58,7 @@ def _address(value: object) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 Network = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidator(_network)]
 IPAddress = Annotated[ipaddress.IPv4Address | ipaddress.IPv6Address, BeforeValidator(_address)]
 Stream = Literal["marketing", "transactional"]
+ALL_STREAMS: tuple[Stream, ...] = ("marketing", "transactional")
 
 
 class Strict(BaseModel):
@@ -118,7 +119,7 @@ class Account(Strict):
     default_stream: Stream = "marketing"
     # Streams this account may declare. Transactional mail skips consent and caps, so a
     # newsletter tool that must never skip them gets streams = ["marketing"].
-    streams: list[Stream] = Field(default_factory=lambda: ["marketing", "transactional"], min_length=1)
+    streams: list[Stream] = Field(default_factory=lambda: list(ALL_STREAMS), min_length=1)
 
     @model_validator(mode="after")
     def _default_allowed(self) -> Account:
