@@ -374,12 +374,13 @@ def _pinned(account: Account | None, envelope: Envelope) -> Controls | None:
 def _decided_at_rcpt(controls: Controls, pinned: Controls | None) -> bool:
     """Whether RCPT already ran every rule this message needs: saves a read per message.
 
-    Transactional mail without a campaign needs only the any-stream suppressions, which
-    RCPT checks for every recipient; a pinned list's rules ran at RCPT with the same controls.
+    Without a pinned list, RCPT checked the any-stream suppressions for every recipient,
+    which is all that transactional mail without a campaign needs. With one, RCPT ran the
+    pinned list's rules, which settle only a message with exactly those controls.
     """
-    if controls.stream == "transactional" and not controls.campaign:
-        return True
-    return pinned is not None and controls == pinned
+    if pinned is not None:
+        return controls == pinned
+    return controls.stream == "transactional" and not controls.campaign
 
 
 def _dropped(envelope: Envelope) -> dict[str, Verdict]:
