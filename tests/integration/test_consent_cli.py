@@ -19,10 +19,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class Gateway:
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, url: str | None = None) -> None:
         self.db_path = tmp_path / "g.db"
         self.config = tmp_path / "c.toml"
-        self.config.write_text(f'[storage]\nurl = "sqlite:///{self.db_path}"\n[policy]\ndir = "{ROOT / "policies"}"\n')
+        url = url or f"sqlite:///{self.db_path}"
+        self.config.write_text(f'[storage]\nurl = "{url}"\n[policy]\ndir = "{ROOT / "policies"}"\n')
         upgrade = self("db", "upgrade")
         assert upgrade.returncode == 0, upgrade.stderr
 
@@ -375,3 +376,22 @@ def test_a_200k_row_import_streams(gw: Gateway, tmp_path: Path) -> None:
     assert elapsed < 60
     peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest child so far
     assert peak_kib < 300 * 1024
+
+
+def test_import_export_and_suppressions_on_postgresql(tmp_path: Path, postgres_url: str) -> None:
+    gw = Gateway(tmp_path, postgres_url)
+    gw.ok("lists", "add", "news", "--name", "News", "--double-opt-in")
+    rows = [["email", "proof", "frequency"]] + [
+        [f"user{n}@example.net", f"form v2 #{n}", "weekly"] for n in range(2500)]
+    source = write_csv(tmp_path / "people.csv", rows)
+    assert gw.ok("contacts", "import", str(source), "--list", "news", "--proof-column", "proof",
+                 "--frequency-column", "frequency", "--chunk", "700").startswith(
+        "imported 2500 contacts (2500 new), rejected 0 rows")
+    again = gw.ok("contacts", "import", str(source), "--list", "news", "--proof-column", "proof")
+    assert again.startswith("imported 2500 contacts (0 new)")  # no second contact
+    exported = gw.ok("contacts", "export", "--list", "news").splitlines()
+    assert len(exported) == 2501 and exported[1].endswith(",form v2 #0")
+    gw.ok("suppress", "add", "user7@example.net", "--reason", "hard-bounce")
+    gw.ok("suppress", "add", "user7@example.net", "--reason", "unsubscribe", "--scope", "list", "--key", "news")
+    assert "hard-bounce" in gw.ok("suppress", "list", "user7@example.net")
+    assert gw.ok("suppress", "export").count("user7@example.net") == 2
