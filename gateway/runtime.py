@@ -32,6 +32,7 @@ from gateway.storage.database import Database
 from gateway.storage.migrate import current_revision_of, head_revision
 from gateway.web.admin import EmbeddedServer, admin_app, embedded_server
 from gateway.web.api import ApiContext, admin_api, read_api_token
+from gateway.web.public import public_app
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,7 @@ class Gateway:
                                              settings.smtp.max_connections_per_ip)
         self.listeners: list[Listener] = []
         self.admin: EmbeddedServer | None = None
+        self.public: EmbeddedServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.ready = False
         self._stopped = False
@@ -124,6 +126,10 @@ class Gateway:
             self.admin = embedded_server(admin_app(lambda: self.ready, api=api),
                                          self.settings.http.admin_listen)
             self._tasks.append(asyncio.create_task(self.admin.serve(), name="admin-http"))
+        if self.settings.http.public_listen is not None:
+            self.public = embedded_server(public_app(self.db, self.copies.codec),
+                                          self.settings.http.public_listen)
+            self._tasks.append(asyncio.create_task(self.public.serve(), name="public-http"))
         self.listeners = await start_listeners(self.settings.smtp, self.handler, self.connections)
         self.ready = True
         for line in self.keyring.describe():
@@ -165,8 +171,9 @@ class Gateway:
         for listener in self.listeners:
             listener.server.close()
         await self.scheduler.stop()
-        if self.admin is not None:
-            self.admin.should_exit = True
+        for server in (self.admin, self.public):
+            if server is not None:
+                server.should_exit = True
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.agent.close()
         await self.db.close()

@@ -364,3 +364,30 @@ async def trace(conn: AsyncConnection, key: str, limit: int = 200) -> list[Trace
     out.extend(refused)
     out.sort(key=lambda row: (row.at, row.kind != "received"))
     return out
+
+
+async def suppress_pending(conn: AsyncConnection, recipient: str, list_key: str, reason: str,
+                           now: datetime) -> int:
+    """Stop queued marketing mail to ``recipient`` (from ``list_key``, or from every list when
+    it is empty): an unsubscribe counts for mail already in the queue, not only the next.
+
+    The rows become ``suppressed`` and lose their lease; an attempt already under way for one
+    can no longer record its outcome (outcome writes are fenced by the lease).
+    """
+    marketing = select(messages.c.queue_id).where(messages.c.stream == "marketing")
+    if list_key:
+        marketing = marketing.where(messages.c.list_key == list_key)
+    rows = list(await conn.execute(
+        select(deliveries.c.id, deliveries.c.queue_id)
+        .where(deliveries.c.recipient == recipient, deliveries.c.state.in_(_PENDING),
+               deliveries.c.queue_id.in_(marketing.scalar_subquery()))))
+    if not rows:
+        return 0
+    await conn.execute(update(deliveries).where(deliveries.c.id.in_([r.id for r in rows]))
+                       .values(state=DeliveryState.SUPPRESSED.value, last_reply=reason, updated_at=now,
+                               claimed_by=None, lease_until=None))
+    await conn.execute(insert(events), [
+        {"at": now, "kind": DeliveryState.SUPPRESSED.value, "queue_id": r.queue_id, "delivery_id": r.id,
+         "recipient": recipient, "reply": reason} for r in rows])
+    await _drop_finished_bodies(conn, {r.queue_id for r in rows})
+    return len(rows)

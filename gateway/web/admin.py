@@ -38,6 +38,14 @@ class EmbeddedServer(uvicorn.Server):
     def capture_signals(self) -> Iterator[None]:
         yield
 
+    @property
+    def port(self) -> int | None:
+        """The bound port once serving (useful with port 0)."""
+        for server in getattr(self, "servers", []):
+            for sock in server.sockets:
+                return int(sock.getsockname()[1])
+        return None
+
 
 def embedded_server(app: FastAPI, endpoint: HostPort) -> EmbeddedServer:
     config = uvicorn.Config(app, host=endpoint.host, port=endpoint.port, log_level="warning",

@@ -106,7 +106,7 @@ async def start_gateway(tmp_path: Path, dkim_files: DkimFiles) -> AsyncIterator[
         base: dict[str, Any] = {
             "smtp": {"listen": ["127.0.0.1:0"], "hostname": "gw.example.com"},
             "storage": {"url": f"sqlite:///{tmp_path}/gateway.db", "node_name": "test-node"},
-            "http": {"admin_listen": None},
+            "http": {"admin_listen": None, "public_listen": None},
             "dns": {"nameservers": [f"{DNS_IP}:{dns.port}"], "timeout": "2s", "mx_port": sink.port},
             "bounce": {"domain": "bounces.example.com"},
             "domains": [{"name": "example.com", "dkim": [

@@ -53,6 +53,7 @@ url = "sqlite:///{tmp_path}/gateway.db"
 node_name = "kill-test"
 [http]
 admin_listen = "127.0.0.1:{admin_port}"
+public_listen = "off"
 [dns.mx_overrides]
 "example.net" = ["127.0.1.6:{sink_port}"]
 [policy]

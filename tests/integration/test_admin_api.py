@@ -436,7 +436,8 @@ async def test_a_running_gateway_serves_the_api_on_its_admin_listener(tmp_path: 
     settings = Settings.model_validate({
         "smtp": {"listen": ["127.0.0.1:0"], "hostname": "gw.example.com"},
         "storage": {"url": f"sqlite:///{tmp_path}/gateway.db", "node_name": "api-test"},
-        "http": {"admin_listen": "127.0.0.1:0", "public_url": PUBLIC_URL, "api_token_file": str(token_file)},
+        "http": {"admin_listen": "127.0.0.1:0", "public_listen": "off", "public_url": PUBLIC_URL,
+                 "api_token_file": str(token_file)},
         "tokens": {"default_secret_file": str(tmp_path / "token.key")},
     })
     await upgrade(settings.storage.url)

@@ -121,7 +121,7 @@ def test_db_upgrade_queue_and_trace_on_an_empty_database(tmp_path: Path) -> None
 def test_serve_refuses_an_unmigrated_database(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text(f'[smtp]\nlisten = ["127.0.0.1:0"]\n[storage]\nurl = "sqlite:///{tmp_path}/g.db"\n'
-                      f'[http]\nadmin_listen = "off"\n[policy]\ndir = "{ROOT / "policies"}"\n'
+                      f'[http]\nadmin_listen = "off"\npublic_listen = "off"\n[policy]\ndir = "{ROOT / "policies"}"\n'
                       f'[tokens]\ndefault_secret_file = "{tmp_path}/token.key"\n')
     result = gateway("serve", "-c", str(config))
     assert result.returncode == 1

@@ -1,0 +1,85 @@
+"""The one-click loop over real sockets: a campaign copy's List-Unsubscribe URL, POSTed as
+Gmail does, unsubscribes the person at once; the next message to that list is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import smtplib
+from typing import Any
+
+import httpx
+
+from gateway.rewrite.headers import split_message, values
+from gateway.sandbox.sink import ReplyScript
+from gateway.storage import queue_store
+from tests.e2e.conftest import Running, StartGateway
+from tests.e2e.test_consent import message, trace
+
+ONE_CLICK = {"content": b"List-Unsubscribe=One-Click",
+             "headers": {"Content-Type": "application/x-www-form-urlencoded", "User-Agent": "GoogleOneClick/1"}}
+
+
+def send(port: int, rcpts: list[str], data: bytes) -> Any:
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        return client.sendmail("news@example.com", rcpts, data)
+
+
+async def start(start_gateway: StartGateway) -> tuple[Running, str]:
+    running = await start_gateway({"http": {"public_listen": "127.0.0.1:0", "public_url": "http://127.0.0.1:1"}})
+    for _ in range(100):
+        if running.gateway.public is not None and running.gateway.public.port:
+            return running, f"http://127.0.0.1:{running.gateway.public.port}"
+        await asyncio.sleep(0.02)
+    raise AssertionError("public listener did not start")
+
+
+def unsubscribe_path(data: bytes) -> str:
+    [link] = values(split_message(data)[0], b"List-Unsubscribe")
+    found = re.match(r"<http://127\.0\.0\.1:1(/u/[a-z2-7]{40})>", link)
+    assert found, link
+    return found.group(1)
+
+
+async def test_one_click_unsubscribes_at_once_and_idempotently(start_gateway: StartGateway) -> None:
+    running, base = await start(start_gateway)
+    await running.consent("news", "ann@example.net", "bob@example.net")
+    await asyncio.to_thread(send, running.port, ["ann@example.net", "bob@example.net"], message(campaign="one"))
+    await running.sink.wait_for(2, timeout=15)
+    ann = next(m for m in running.sink.messages if m.rcpt_tos == ("ann@example.net",))
+    path = unsubscribe_path(ann.data)
+    async with httpx.AsyncClient(base_url=base) as web:
+        page = await web.get(path)  # what a mail scanner does: nothing changes
+        assert page.status_code == 200 and "Spring" not in page.text and "Unsubscribe" in page.text
+        assert "ann@example.net" not in page.text
+        assert page.headers["referrer-policy"] == "no-referrer"
+        assert "default-src 'none'" in page.headers["content-security-policy"]
+        first = await web.post(path, **ONE_CLICK)
+        again = await web.post(path, **ONE_CLICK)
+        forged = await web.post(path[:-1] + ("a" if path[-1] != "a" else "b"), **ONE_CLICK)
+    assert first.status_code == again.status_code == 200 and "News" in first.text
+    assert first.headers.get("location") is None  # no redirect (RFC 8058)
+    assert forged.status_code == 404
+    refused = await asyncio.to_thread(send, running.port, ["ann@example.net", "bob@example.net"],
+                                      message(campaign="two"))
+    assert refused == {}  # bob still gets it; ann is recorded as suppressed
+    rows = await trace(running, "ann@example.net", "suppressed")
+    assert [r.detail for r in rows if r.kind == "suppressed"] == ["suppressed: unsubscribe (list news)"]
+    history = await running.gateway.db.read(lambda c: queue_store.trace(c, "bob@example.net"))
+    assert [r.kind for r in history].count("delivered") >= 1
+
+
+async def test_queued_mail_to_the_list_is_dropped_by_an_unsubscribe(start_gateway: StartGateway) -> None:
+    running, base = await start(start_gateway)
+    await running.consent("news", "cid@example.net")
+    await asyncio.to_thread(send, running.port, ["cid@example.net"], message(campaign="one"))
+    await running.sink.wait_for(1, timeout=15)
+    path = unsubscribe_path(running.sink.messages[0].data)
+    running.sink.script = ReplyScript().on_rcpt("cid@example.net", "451 4.3.0 try again later")
+    await asyncio.to_thread(send, running.port, ["cid@example.net"], message(campaign="two"))
+    await trace(running, "cid@example.net", "deferred")  # waiting in the queue
+    async with httpx.AsyncClient(base_url=base) as web:
+        assert (await web.post(path, **ONE_CLICK)).status_code == 200
+    rows = await trace(running, "cid@example.net", "suppressed")
+    assert rows[-1].detail.startswith("suppressed: unsubscribe")
+    assert await running.gateway.db.read(queue_store.count_pending) == {}

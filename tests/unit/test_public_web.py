@@ -1,0 +1,14 @@
+"""The public listener's rate limit (pure, clock passed in)."""
+
+from __future__ import annotations
+
+from gateway.web.public import RateLimit
+
+
+def test_rate_limit_allows_a_burst_then_refills() -> None:
+    now = [0.0]
+    limit = RateLimit(burst=3, per_second=1.0, clock=lambda: now[0])
+    assert [limit.allow("192.0.2.1") for _ in range(4)] == [True, True, True, False]
+    assert limit.allow("192.0.2.2")  # another address has its own bucket
+    now[0] = 1.0
+    assert limit.allow("192.0.2.1") and not limit.allow("192.0.2.1")
