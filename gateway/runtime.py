@@ -16,6 +16,7 @@ from gateway.config.policy import Policy, ProviderProfile, load_policy
 from gateway.config.schema import Settings
 from gateway.delivery.agent import DeliveryAgent, SessionLimits, Source
 from gateway.dns.resolver import MxResolver
+from gateway.feedback.inbound import InboundProcessor
 from gateway.ingest.gate import Gate
 from gateway.ingest.rules import DEFAULT_ACTIONS, Action
 from gateway.queue.outgoing import CopyMaker
@@ -79,8 +80,10 @@ class Gateway:
                                    node=self.node)
         self.spool = Spool(self.db, bodies, on_stored=self.scheduler.wake)
         self.keyring = KeyRing.load(settings.domains)
+        codec = token_codec(settings.tokens)
+        self.inbound = InboundProcessor(self.db, codec, settings.bounce.domain)
         self.copies = CopyMaker(
-            self.keyring, token_codec(settings.tokens),
+            self.keyring, codec,
             CopyRules(public_url=settings.http.public_url, bounce_domain=settings.bounce.domain,
                       verp=settings.bounce.verp,
                       transactional_list_unsubscribe=settings.headers.transactional_list_unsubscribe),
@@ -100,6 +103,7 @@ class Gateway:
         self.listeners: list[Listener] = []
         self.admin: EmbeddedServer | None = None
         self.public: EmbeddedServer | None = None
+        self._inbound_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.ready = False
         self._stopped = False
@@ -116,6 +120,7 @@ class Gateway:
         await self.db.start()
         await self.scheduler.prepare()
         self._tasks.append(asyncio.create_task(self.scheduler.run(), name="scheduler"))
+        self._inbound_task = asyncio.create_task(self.inbound.run(), name="inbound")
         if self.settings.http.admin_listen is not None:
             api = None
             if self.settings.http.api_token_file is not None:
@@ -171,6 +176,9 @@ class Gateway:
         for listener in self.listeners:
             listener.server.close()
         await self.scheduler.stop()
+        if self._inbound_task is not None:
+            self._inbound_task.cancel()
+            await asyncio.gather(self._inbound_task, return_exceptions=True)
         for server in (self.admin, self.public):
             if server is not None:
                 server.should_exit = True

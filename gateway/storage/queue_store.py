@@ -391,3 +391,24 @@ async def suppress_pending(conn: AsyncConnection, recipient: str, list_key: str,
          "recipient": recipient, "reply": reason} for r in rows])
     await _drop_finished_bodies(conn, {r.queue_id for r in rows})
     return len(rows)
+
+
+@dataclass(frozen=True)
+class InboundRow:
+    id: int
+    received_at: datetime
+    recipients: tuple[str, ...]
+    client_ip: str
+
+
+async def new_inbound(conn: AsyncConnection, after_id: int, limit: int = 100) -> list[InboundRow]:
+    """Inbound mail not yet handled, oldest first, after ``after_id`` (bodies are not read)."""
+    rows = await conn.execute(
+        select(inbound.c.id, inbound.c.received_at, inbound.c.recipients, inbound.c.client_ip)
+        .where(inbound.c.state == "new", inbound.c.id > after_id).order_by(inbound.c.id).limit(limit))
+    return [InboundRow(r.id, r.received_at, tuple(r.recipients.split("\n")), r.client_ip) for r in rows]
+
+
+async def mark_inbound(conn: AsyncConnection, ids: Sequence[int], state: str) -> None:
+    if ids:
+        await conn.execute(update(inbound).where(inbound.c.id.in_(list(ids))).values(state=state))

@@ -9,6 +9,7 @@ import smtplib
 from typing import Any
 
 import httpx
+import pytest
 
 from gateway.rewrite.headers import split_message, values
 from gateway.sandbox.sink import ReplyScript
@@ -83,3 +84,34 @@ async def test_queued_mail_to_the_list_is_dropped_by_an_unsubscribe(start_gatewa
     rows = await trace(running, "cid@example.net", "suppressed")
     assert rows[-1].detail.startswith("suppressed: unsubscribe")
     assert await running.gateway.db.read(queue_store.count_pending) == {}
+
+
+async def test_the_mailto_address_unsubscribes_too_and_a_forged_one_changes_nothing(
+        start_gateway: StartGateway) -> None:
+    running, _ = await start(start_gateway)
+    await running.consent("news", "dot@example.net", "eli@example.net")
+    await asyncio.to_thread(send, running.port, ["dot@example.net"], message(campaign="one"))
+    await running.sink.wait_for(1, timeout=15)
+    [link] = values(split_message(running.sink.messages[0].data)[0], b"List-Unsubscribe")
+    mailto = re.search(r"<mailto:(unsubscribe\+[a-z2-7]{40}@bounces\.example\.com)>", link)
+    assert mailto is not None
+    forged = "unsubscribe+" + "a" * 40 + "@bounces.example.com"
+
+    def mail_from_outside(rcpt: str) -> Any:  # a mail client, no AUTH, from another network
+        with smtplib.SMTP("127.0.0.1", running.port, source_address=("127.0.0.99", 0), timeout=10) as client:
+            return client.sendmail("dot@example.net", [rcpt], b"Subject: unsubscribe\r\n\r\n")
+
+    await asyncio.to_thread(mail_from_outside, mailto.group(1).upper())  # MTAs may change the case
+    await asyncio.to_thread(mail_from_outside, forged)
+    rows = []
+    for _ in range(100):
+        running.gateway.inbound.wake()
+        rows = await running.gateway.db.read(lambda c: queue_store.new_inbound(c, 0))
+        if not rows:
+            break
+        await asyncio.sleep(0.05)
+    assert rows == []
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        await asyncio.to_thread(send, running.port, ["dot@example.net"], message(campaign="two"))
+    assert refused.value.smtp_error == b"5.7.1 <dot@example.net>: recipient suppressed (unsubscribe)"
+    assert await asyncio.to_thread(send, running.port, ["eli@example.net"], message(campaign="two")) == {}

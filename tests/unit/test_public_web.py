@@ -12,3 +12,14 @@ def test_rate_limit_allows_a_burst_then_refills() -> None:
     assert limit.allow("192.0.2.2")  # another address has its own bucket
     now[0] = 1.0
     assert limit.allow("192.0.2.1") and not limit.allow("192.0.2.1")
+
+
+def test_only_mail_to_unsubscribe_addresses_is_taken_as_an_unsubscribe() -> None:
+    from gateway.feedback.inbound import unsubscribe_tokens
+
+    domain = "bounces.example.com"
+    assert unsubscribe_tokens(("unsubscribe+abc@bounces.example.com",), domain) == ["abc"]
+    assert unsubscribe_tokens(("UNSUBSCRIBE+ABC@Bounces.Example.com",), domain) == ["ABC"]
+    assert unsubscribe_tokens(("unsubscribe+abc@bounces.example.com", "b+xyz@bounces.example.com"), domain) is None
+    assert unsubscribe_tokens(("unsubscribe+abc@elsewhere.example",), domain) is None
+    assert unsubscribe_tokens((), domain) is None
