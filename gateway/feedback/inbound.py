@@ -45,7 +45,7 @@ class InboundProcessor:
         self.bounce_domain = bounce_domain
         self.poll = poll
         self._wake = asyncio.Event()
-        self._seen = 0  # rows up to here were looked at and left for bounce processing
+        self._left: set[int] = set()  # unsubscribe mail that also went elsewhere: for bounce processing
 
     def wake(self) -> None:
         self._wake.set()
@@ -53,23 +53,31 @@ class InboundProcessor:
     async def run(self) -> None:
         while True:
             try:
-                await self.process_new()
+                while await self.process_new():
+                    pass  # a full page: there may be more
             except StorageError as exc:
                 log.error("cannot process inbound mail: %s", exc)
+            except Exception:  # keep the task alive; the row is tried again on the next poll
+                log.exception("unexpected error processing inbound mail")
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll)
 
     async def process_new(self) -> int:
         """Handle the unsubscribe mail waiting; returns how many messages were handled."""
-        rows = await self.db.read(lambda conn: queue_store.new_inbound(conn, self._seen))
+        rows = await self.db.read(functools.partial(
+            queue_store.new_inbound, recipients_like=f"%{UNSUBSCRIBE_PREFIX}%", skip=sorted(self._left)))
         handled = 0
         for row in rows:
             tokens = unsubscribe_tokens(row.recipients, self.bounce_domain)
             if tokens is None:
-                self._seen = max(self._seen, row.id)
+                self._left.add(row.id)
                 continue
-            state = await self._unsubscribe(row, tokens)
+            try:
+                state = await self._unsubscribe(row, tokens)
+            except StorageError as exc:
+                log.error("inbound %d: unsubscribe could not be recorded: %s", row.id, exc)
+                state = "failed"
             await self.db.write(functools.partial(queue_store.mark_inbound, ids=[row.id], state=state))
             handled += 1
         return handled

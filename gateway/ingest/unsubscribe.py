@@ -56,7 +56,8 @@ async def unsubscribe(db: Database, codec: TokenCodec, token: str, click: Click)
         await consent_store.add_suppressions(conn, [SuppressionRecord(
             ref.recipient, digest, scope, ref.list_key, "unsubscribe", click.source, click.at)])
         contact = await consent_store.contact_by_hash(conn, digest)
-        if contact is not None and ref.list_key:
+        listed = ref.list_key and await consent_store.list_info(conn, ref.list_key) is not None
+        if contact is not None and listed:
             current = await consent_store.consent_for(conn, contact.id, ref.list_key)
             if current is None or current.status != "withdrawn":
                 proof = f"List-Unsubscribe {click.source}, delivery {ref.delivery_id}"

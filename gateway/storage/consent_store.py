@@ -236,7 +236,13 @@ class ConsentChange:
 
 
 async def record_consent(conn: AsyncConnection, change: ConsentChange) -> None:
-    """Set the current state and append the change, with its proof, to the history."""
+    """Set the current state and append the change, with its proof, to the history.
+
+    A new confirmed consent lifts the list's own unsubscribe suppression: the person came
+    back. Suppressions for any other reason (bounces, complaints) stay.
+    """
+    if change.status == "confirmed":
+        await _lift_unsubscribes(conn, [change.address_hash], change.list_key)
     statement = _upsert(conn, consents)
     await conn.execute(statement.values(
         contact_id=change.contact_id, list_key=change.list_key, status=change.status,
@@ -248,6 +254,13 @@ async def record_consent(conn: AsyncConnection, change: ConsentChange) -> None:
         contact_id=change.contact_id, address_hash=change.address_hash, list_key=change.list_key,
         status=change.status, frequency=change.frequency, source=change.source, at=change.at,
         ip=change.ip, user_agent=change.user_agent, proof=change.proof))
+
+
+async def _lift_unsubscribes(conn: AsyncConnection, hashes: Sequence[str], list_key: str) -> None:
+    for start in range(0, len(hashes), IN_BATCH):
+        await conn.execute(delete(suppressions).where(
+            suppressions.c.address_hash.in_(hashes[start:start + IN_BATCH]), suppressions.c.scope == "list",
+            suppressions.c.scope_key == list_key, suppressions.c.reason == "unsubscribe"))
 
 
 async def consent_history_of(conn: AsyncConnection, address_hash: str) -> list[dict[str, Any]]:
@@ -382,6 +395,7 @@ async def import_consents(conn: AsyncConnection, rows: Sequence[ImportRow], list
               "frequency": func.coalesce(statement.excluded.frequency, consents.c.frequency)}),
         [{"contact_id": ids[row.address_hash], "list_key": list_key, "status": "confirmed",
           "frequency": row.frequency, "updated_at": row.at or now} for row in rows])
+    await _lift_unsubscribes(conn, [row.address_hash for row in rows], list_key)
     await conn.execute(insert(consent_history), [
         {"contact_id": ids[row.address_hash], "address_hash": row.address_hash, "list_key": list_key,
          "status": "confirmed", "frequency": row.frequency, "source": source, "at": row.at or now,

@@ -371,8 +371,8 @@ async def suppress_pending(conn: AsyncConnection, recipient: str, list_key: str,
     """Stop queued marketing mail to ``recipient`` (from ``list_key``, or from every list when
     it is empty): an unsubscribe counts for mail already in the queue, not only the next.
 
-    The rows become ``suppressed`` and lose their lease; an attempt already under way for one
-    can no longer record its outcome (outcome writes are fenced by the lease).
+    A copy already being delivered (its row leased) is left to finish, so that what really
+    happened to it - delivered, bounced - is recorded; only waiting copies are dropped.
     """
     marketing = select(messages.c.queue_id).where(messages.c.stream == "marketing")
     if list_key:
@@ -380,12 +380,11 @@ async def suppress_pending(conn: AsyncConnection, recipient: str, list_key: str,
     rows = list(await conn.execute(
         select(deliveries.c.id, deliveries.c.queue_id)
         .where(deliveries.c.recipient == recipient, deliveries.c.state.in_(_PENDING),
-               deliveries.c.queue_id.in_(marketing.scalar_subquery()))))
+               deliveries.c.claimed_by.is_(None), deliveries.c.queue_id.in_(marketing.scalar_subquery()))))
     if not rows:
         return 0
     await conn.execute(update(deliveries).where(deliveries.c.id.in_([r.id for r in rows]))
-                       .values(state=DeliveryState.SUPPRESSED.value, last_reply=reason, updated_at=now,
-                               claimed_by=None, lease_until=None))
+                       .values(state=DeliveryState.SUPPRESSED.value, last_reply=reason, updated_at=now))
     await conn.execute(insert(events), [
         {"at": now, "kind": DeliveryState.SUPPRESSED.value, "queue_id": r.queue_id, "delivery_id": r.id,
          "recipient": recipient, "reply": reason} for r in rows])
@@ -401,11 +400,17 @@ class InboundRow:
     client_ip: str
 
 
-async def new_inbound(conn: AsyncConnection, after_id: int, limit: int = 100) -> list[InboundRow]:
-    """Inbound mail not yet handled, oldest first, after ``after_id`` (bodies are not read)."""
-    rows = await conn.execute(
-        select(inbound.c.id, inbound.c.received_at, inbound.c.recipients, inbound.c.client_ip)
-        .where(inbound.c.state == "new", inbound.c.id > after_id).order_by(inbound.c.id).limit(limit))
+async def new_inbound(conn: AsyncConnection, *, recipients_like: str | None = None,
+                      skip: Sequence[int] = (), limit: int = 100) -> list[InboundRow]:
+    """Inbound mail not yet handled, oldest first (bodies are not read); ``recipients_like``
+    narrows it to rows whose recipients match a lower-case LIKE pattern."""
+    query = (select(inbound.c.id, inbound.c.received_at, inbound.c.recipients, inbound.c.client_ip)
+             .where(inbound.c.state == "new").order_by(inbound.c.id).limit(limit))
+    if recipients_like is not None:
+        query = query.where(func.lower(inbound.c.recipients).like(recipients_like))
+    if skip:
+        query = query.where(inbound.c.id.not_in(list(skip)))
+    rows = await conn.execute(query)
     return [InboundRow(r.id, r.received_at, tuple(r.recipients.split("\n")), r.client_ip) for r in rows]
 
 

@@ -38,12 +38,22 @@ HEADERS = {
 
 @dataclass
 class RateLimit:
-    """At most ``burst`` requests per client address, refilled at ``per_second``."""
+    """At most ``burst`` failed requests per client address, refilled at ``per_second``.
+
+    Only invalid tokens cost anything: a person (or Gmail's one-click, possibly many people
+    behind one proxy address) with valid links is never refused, while guessing is.
+    """
 
     burst: float = 30.0
     per_second: float = 0.5
     clock: Callable[[], float] = time.monotonic
     _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def blocked(self, client: str) -> bool:
+        """Out of tokens (without spending one)."""
+        now = self.clock()
+        tokens, last = self._buckets.get(client, (self.burst, now))
+        return min(self.burst, tokens + (now - last) * self.per_second) < 1
 
     def allow(self, client: str) -> bool:
         now = self.clock()
@@ -74,20 +84,29 @@ NOT_VALID = ("Link not valid", "<p>This unsubscribe link is not valid. If you co
 
 def public_app(db: Database, codec: TokenCodec, *, limit: RateLimit | None = None,
                clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> FastAPI:
-    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False)
     limiter = limit or RateLimit()
+
+    def too_many() -> Response:
+        response = _page(429, "Too many requests", "<p>Please try again in a few seconds.</p>")
+        response.headers["Retry-After"] = str(int(1 / limiter.per_second) + 1)
+        return response
+
+    def not_valid(request: Request) -> Response:
+        limiter.allow(client(request))  # spend one: guessing tokens is what is limited
+        return _page(404, *NOT_VALID)
 
     def client(request: Request) -> str:
         return request.client.host if request.client else "unknown"
 
-    @app.get("/u/{token}")
+    @app.api_route("/u/{token}", methods=["GET", "HEAD"])
     async def show(token: str, request: Request) -> Response:
-        if not limiter.allow(client(request)):
-            return _page(429, "Too many requests", "<p>Please try again in a minute.</p>")
+        if limiter.blocked(client(request)):
+            return too_many()
         try:
             _, name = await recipient_of(db, codec, token)
         except BadToken:
-            return _page(404, *NOT_VALID)
+            return not_valid(request)
         except StorageError:
             return _page(503, "Try again later", "<p>We cannot handle this right now.</p>")
         return _page(200, "Unsubscribe", (
@@ -98,14 +117,14 @@ def public_app(db: Database, codec: TokenCodec, *, limit: RateLimit | None = Non
 
     @app.post("/u/{token}")
     async def one_click(token: str, request: Request) -> Response:
-        if not limiter.allow(client(request)):
-            return _page(429, "Too many requests", "<p>Please try again in a minute.</p>")
+        if limiter.blocked(client(request)):
+            return too_many()
         agent = request.headers.get("user-agent", "")[:500] or None
         click = Click("one-click", client(request), agent, clock())
         try:
             done = await unsubscribe(db, codec, token, click)
         except BadToken:
-            return _page(404, *NOT_VALID)
+            return not_valid(request)
         except StorageError as exc:
             log.error("unsubscribe could not be recorded: %s", exc)
             return _page(503, "Try again later", "<p>We could not record this. Please try again.</p>")

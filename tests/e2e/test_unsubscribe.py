@@ -106,7 +106,7 @@ async def test_the_mailto_address_unsubscribes_too_and_a_forged_one_changes_noth
     rows = []
     for _ in range(100):
         running.gateway.inbound.wake()
-        rows = await running.gateway.db.read(lambda c: queue_store.new_inbound(c, 0))
+        rows = await running.gateway.db.read(lambda c: queue_store.new_inbound(c))
         if not rows:
             break
         await asyncio.sleep(0.05)
@@ -115,3 +115,17 @@ async def test_the_mailto_address_unsubscribes_too_and_a_forged_one_changes_noth
         await asyncio.to_thread(send, running.port, ["dot@example.net"], message(campaign="two"))
     assert refused.value.smtp_error == b"5.7.1 <dot@example.net>: recipient suppressed (unsubscribe)"
     assert await asyncio.to_thread(send, running.port, ["eli@example.net"], message(campaign="two")) == {}
+
+
+async def test_a_person_who_signs_up_again_gets_mail_again(start_gateway: StartGateway) -> None:
+    running, base = await start(start_gateway)
+    await running.consent("news", "fay@example.net")
+    await asyncio.to_thread(send, running.port, ["fay@example.net"], message(campaign="one"))
+    await running.sink.wait_for(1, timeout=15)
+    async with httpx.AsyncClient(base_url=base) as web:
+        assert (await web.post(unsubscribe_path(running.sink.messages[0].data), **ONE_CLICK)).status_code == 200
+    with pytest.raises(smtplib.SMTPDataError):
+        await asyncio.to_thread(send, running.port, ["fay@example.net"], message(campaign="two"))
+    await running.consent("news", "fay@example.net")  # a new, confirmed sign-up
+    assert await asyncio.to_thread(send, running.port, ["fay@example.net"], message(campaign="three")) == {}
+    await running.sink.wait_for(2, timeout=15)

@@ -23,3 +23,10 @@ def test_only_mail_to_unsubscribe_addresses_is_taken_as_an_unsubscribe() -> None
     assert unsubscribe_tokens(("unsubscribe+abc@bounces.example.com", "b+xyz@bounces.example.com"), domain) is None
     assert unsubscribe_tokens(("unsubscribe+abc@elsewhere.example",), domain) is None
     assert unsubscribe_tokens((), domain) is None
+
+
+def test_blocked_looks_without_spending() -> None:
+    limit = RateLimit(burst=1, per_second=0.001, clock=lambda: 0.0)
+    assert not limit.blocked("192.0.2.9") and not limit.blocked("192.0.2.9")
+    assert limit.allow("192.0.2.9")
+    assert limit.blocked("192.0.2.9")
