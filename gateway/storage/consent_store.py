@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
@@ -40,6 +40,8 @@ from gateway.storage.tables import (
     suppressions,
 )
 
+T = TypeVar("T")
+
 
 def _upsert(conn: AsyncConnection, table: Table) -> Any:
     """INSERT ... ON CONFLICT for the connection's dialect (both speak the same clause)."""
@@ -64,8 +66,8 @@ async def records_for(conn: AsyncConnection, hashes: Sequence[str], list_key: st
     one statement instead of three is what keeps a decision within its latency budget.
     """
     found = {h: RecipientRecords([]) for h in hashes}
-    for start in range(0, len(hashes), IN_BATCH):
-        await _read_records(conn, hashes[start:start + IN_BATCH], list_key, campaign, found)
+    for part in _batches(hashes):
+        await _read_records(conn, part, list_key, campaign, found)
     return found
 
 
@@ -257,9 +259,9 @@ async def record_consent(conn: AsyncConnection, change: ConsentChange) -> None:
 
 
 async def _lift_unsubscribes(conn: AsyncConnection, hashes: Sequence[str], list_key: str) -> None:
-    for start in range(0, len(hashes), IN_BATCH):
+    for part in _batches(hashes):
         await conn.execute(delete(suppressions).where(
-            suppressions.c.address_hash.in_(hashes[start:start + IN_BATCH]), suppressions.c.scope == "list",
+            suppressions.c.address_hash.in_(part), suppressions.c.scope == "list",
             suppressions.c.scope_key == list_key, suppressions.c.reason == "unsubscribe"))
 
 
@@ -344,7 +346,8 @@ class ConsentExportRow:
     proof: str
 
 
-def _batches(items: Sequence[str]) -> Iterator[Sequence[str]]:
+def _batches(items: Sequence[T]) -> Iterator[Sequence[T]]:
+    """IN (...) lists of at most IN_BATCH values (PostgreSQL allows 32,767 parameters)."""
     for start in range(0, len(items), IN_BATCH):
         yield items[start:start + IN_BATCH]
 
@@ -410,8 +413,7 @@ async def _withdrawn_or_erased(conn: AsyncConnection, ids: Sequence[int],
                                list_key: str) -> dict[int, datetime]:
     """Contacts a file must not re-subscribe, with the time that a row would have to beat."""
     blocked: dict[int, datetime] = {}
-    for start in range(0, len(ids), IN_BATCH):
-        part = ids[start:start + IN_BATCH]
+    for part in _batches(ids):
         for row in await conn.execute(select(contacts.c.id).where(contacts.c.id.in_(part),
                                                                   contacts.c.erased_at.is_not(None))):
             blocked[int(row.id)] = ERASED
