@@ -25,14 +25,14 @@ from gateway.queue.spool import BodyCache, Spool
 from gateway.records import AttemptResult, ClaimedDelivery
 from gateway.rewrite.copies import CopyRules
 from gateway.signing.keyring import KeyRing
-from gateway.signing.token_keys import token_codec
+from gateway.signing.token_keys import read_api_token, token_codec
 from gateway.smtp.handler import IntakeHandler, IntakePolicy
 from gateway.smtp.limits import AuthLockout, ConnectionCounter
 from gateway.smtp.server import Listener, start_listeners
 from gateway.storage.database import Database
 from gateway.storage.migrate import current_revision_of, head_revision
 from gateway.web.admin import EmbeddedServer, admin_app, embedded_server
-from gateway.web.api import ApiContext, admin_api, read_api_token
+from gateway.web.api import ApiContext, admin_api
 from gateway.web.public import public_app
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from gateway.config.loader import ConfigError, load_settings
 from gateway.config.policy import load_policy
 from gateway.config.schema import Settings
 from gateway.signing.keyring import KeyRing
-from gateway.signing.token_keys import token_codec
+from gateway.signing.token_keys import read_api_token, token_codec
 from gateway.smtp.passwords import hash_password
 from gateway.storage.errors import StorageError
 
@@ -87,6 +87,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         signing = sum(len(keyring.keys_for(domain.name)) for domain in settings.domains)
         if _token_keys_exist(settings):
             token_codec(settings.tokens, create=False)  # raises KeyProblem if unusable
+        if settings.http.api_token_file is not None:
+            read_api_token(settings.http.api_token_file)  # the same checks serve makes
         print(f"ok: {len(args.config)} settings file(s), policy from {settings.policy.dir}, "
               f"{len(settings.smtp.accounts)} account(s), {len(policy.providers)} provider profile(s), "
               f"{signing} DKIM signing key(s) for {len(settings.domains)} domain(s)")

@@ -8,6 +8,7 @@ database must share the keys; they list them in ``[[tokens.keys]]``.
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from pathlib import Path
 
@@ -39,3 +40,23 @@ def token_codec(settings: TokenSettings, *, create: bool = True) -> TokenCodec:
         log.warning("created token secret %s; nodes sharing a database must share it "
                     "(configure [[tokens.keys]])", path)
     return TokenCodec({DEFAULT_KEY_ID: read_secret(path)}, DEFAULT_KEY_ID)
+
+
+MIN_API_TOKEN_CHARS = 32
+_BEARER_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")  # RFC 6750 b64token
+
+
+def read_api_token(path: Path) -> str:
+    """The bearer token in ``path``: owner-only file, 32+ characters of RFC 6750 token text."""
+    raw = check_private_file(path).strip()
+    try:
+        token = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise KeyProblem(f"{path}: the admin API token must be ASCII text") from None
+    if len(token) < MIN_API_TOKEN_CHARS:
+        raise KeyProblem(f"{path}: the admin API token needs at least {MIN_API_TOKEN_CHARS} characters "
+                         f"(try `head -c 32 /dev/urandom | base64 > {path}`)")
+    if not _BEARER_TOKEN.fullmatch(token):
+        raise KeyProblem(f"{path}: the admin API token may hold only letters, digits and -._~+/ "
+                         "(with = at the end)")
+    return token

@@ -20,7 +20,6 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Query, Request, Response, Security
@@ -50,7 +49,6 @@ from gateway.ingest import hygiene
 from gateway.ingest.addresses import address_hash, normalize_recipient
 from gateway.ingest.rules import DEFAULT_ROLE_LOCAL_PARTS, FREQUENCIES, SUPPRESSION_REASONS
 from gateway.rewrite.tokens import BadToken, Binding, Purpose, TokenCodec
-from gateway.signing.keys import KeyProblem, check_private_file
 from gateway.storage import consent_store
 from gateway.storage.consent_store import ContactRow
 from gateway.storage.database import Database
@@ -58,9 +56,6 @@ from gateway.storage.errors import StorageError
 
 log = logging.getLogger(__name__)
 
-MIN_TOKEN_CHARS = 32
-# RFC 6750 b64token: what a client can put after "Bearer " unchanged.
-_BEARER_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")
 SCOPES = ("global", "list", "campaign")  # suppression scopes, as gateway.ingest.rules matches them
 SOURCES = ("form", "import", "api")  # where a consent change came from (consent_history.source)
 CONFIRM_ERROR = "invalid or expired confirmation token"
@@ -68,22 +63,6 @@ ERASURE_PROOF = "erasure request"
 OPEN_PATHS = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect"})
 MAX_ATTRIBUTES_JSON = 16 * 1024
 SUPPRESSION_PAGE = 1000
-
-
-def read_api_token(path: Path) -> str:
-    """The bearer token in ``path``: owner-only file, 32+ characters of RFC 6750 token text."""
-    raw = check_private_file(path).strip()
-    try:
-        token = raw.decode("ascii")
-    except UnicodeDecodeError:
-        raise KeyProblem(f"{path}: the admin API token must be ASCII text") from None
-    if len(token) < MIN_TOKEN_CHARS:
-        raise KeyProblem(f"{path}: the admin API token needs at least {MIN_TOKEN_CHARS} characters "
-                         f"(try `head -c 32 /dev/urandom | base64 > {path}`)")
-    if not _BEARER_TOKEN.fullmatch(token):
-        raise KeyProblem(f"{path}: the admin API token may hold only letters, digits and -._~+/ "
-                         "(with = at the end)")
-    return token
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,12 @@ from gateway.ingest.rules import Consent
 from gateway.rewrite.tokens import Binding, Purpose, TokenCodec
 from gateway.runtime import Gateway
 from gateway.signing.keys import KeyProblem
+from gateway.signing.token_keys import read_api_token
 from gateway.storage import consent_store
 from gateway.storage.database import Database
 from gateway.storage.migrate import upgrade
 from gateway.web.admin import admin_app
-from gateway.web.api import CONFIRM_ERROR, ApiContext, admin_api, read_api_token
+from gateway.web.api import CONFIRM_ERROR, ApiContext, admin_api
 
 TOKEN = "t0k3n-" + "a" * 40
 PUBLIC_URL = "https://mail.example.com"

@@ -133,3 +133,17 @@ def test_unknown_verb_and_missing_config_are_usage_errors() -> None:
     assert gateway("frobnicate").returncode == 2
     missing = gateway("check-config", "-c", "/nonexistent/gateway.toml")
     assert missing.returncode == 2 and "file not found" in missing.stderr
+
+
+def test_check_config_checks_the_api_token_file(tmp_path: Path) -> None:
+    key_file = tmp_path / "keys" / "example.com.s1.pem"
+    gateway("dkim", "keygen", "example.com", "--selector", "s1", "--key-file", str(key_file))
+    token = tmp_path / "api.token"
+    token.write_text("t" * 40 + "\n")
+    token.chmod(0o644)
+    overlay = _key_overlay(tmp_path, key_file)
+    overlay.write_text(overlay.read_text() + f'[http]\napi_token_file = "{token}"\n')
+    result = gateway("check-config", "-c", "config.example.toml", "-c", str(overlay))
+    assert result.returncode == 2 and "group or others have access" in result.stderr
+    token.chmod(0o600)
+    assert gateway("check-config", "-c", "config.example.toml", "-c", str(overlay)).returncode == 0
