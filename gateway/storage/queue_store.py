@@ -268,17 +268,21 @@ async def purge(conn: AsyncConnection, now: datetime, *, queue_id: str | None = 
         query = query.where(deliveries.c.queue_id == queue_id)
     if domain:
         query = query.where(deliveries.c.domain == domain.lower())
-    rows = list(await conn.execute(query))
+    return await _finish_pending(conn, list(await conn.execute(query)), DeliveryState.EXPIRED,
+                                 "purged by operator", now)
+
+
+async def _finish_pending(conn: AsyncConnection, rows: Sequence[Any], state: DeliveryState, reply: str,
+                          now: datetime) -> int:
+    """Give pending rows (id, queue_id, recipient) a final state without an attempt: the
+    rows, an event each, and the bodies no longer needed."""
     if not rows:
         return 0
-    await conn.execute(
-        update(deliveries).where(deliveries.c.id.in_([r.id for r in rows]))
-        .values(state=DeliveryState.EXPIRED.value, last_reply="purged by operator", updated_at=now)
-    )
+    await conn.execute(update(deliveries).where(deliveries.c.id.in_([r.id for r in rows]))
+                       .values(state=state.value, last_reply=reply, updated_at=now))
     await conn.execute(insert(events), [
-        {"at": now, "kind": DeliveryState.EXPIRED.value, "queue_id": r.queue_id,
-         "delivery_id": r.id, "recipient": r.recipient, "reply": "purged by operator"}
-        for r in rows])
+        {"at": now, "kind": state.value, "queue_id": r.queue_id, "delivery_id": r.id,
+         "recipient": r.recipient, "reply": reply} for r in rows])
     await _drop_finished_bodies(conn, {r.queue_id for r in rows})
     return len(rows)
 
@@ -378,18 +382,10 @@ async def suppress_pending(conn: AsyncConnection, recipient: str, list_key: str,
     if list_key:
         marketing = marketing.where(messages.c.list_key == list_key)
     rows = list(await conn.execute(
-        select(deliveries.c.id, deliveries.c.queue_id)
+        select(deliveries.c.id, deliveries.c.queue_id, deliveries.c.recipient)
         .where(deliveries.c.recipient == recipient, deliveries.c.state.in_(_PENDING),
                deliveries.c.claimed_by.is_(None), deliveries.c.queue_id.in_(marketing.scalar_subquery()))))
-    if not rows:
-        return 0
-    await conn.execute(update(deliveries).where(deliveries.c.id.in_([r.id for r in rows]))
-                       .values(state=DeliveryState.SUPPRESSED.value, last_reply=reason, updated_at=now))
-    await conn.execute(insert(events), [
-        {"at": now, "kind": DeliveryState.SUPPRESSED.value, "queue_id": r.queue_id, "delivery_id": r.id,
-         "recipient": recipient, "reply": reason} for r in rows])
-    await _drop_finished_bodies(conn, {r.queue_id for r in rows})
-    return len(rows)
+    return await _finish_pending(conn, rows, DeliveryState.SUPPRESSED, reason, now)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,7 +20,7 @@ from gateway.runtime import Gateway
 from gateway.sandbox.dnsserver import LoopbackDnsServer
 from gateway.sandbox.sink import SinkServer
 from gateway.signing import keys
-from gateway.storage import consent_store
+from gateway.storage import consent_store, queue_store
 from gateway.storage.migrate import upgrade
 
 SINK_IP = "127.0.1.5"
@@ -75,6 +76,16 @@ class Running:
                     proof="test fixture"))
 
         await self.gateway.db.write(write)
+
+    async def wait_for_event(self, address: str, kind: str) -> list[queue_store.TraceRow]:
+        """`gateway trace ADDRESS` once it shows an event of ``kind`` (waits up to 10 s)."""
+        rows: list[queue_store.TraceRow] = []
+        for _ in range(100):
+            rows = await self.gateway.db.read(lambda c: queue_store.trace(c, address))
+            if any(row.kind == kind for row in rows):
+                return rows
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"no {kind} event for {address}: {rows}")
 
     async def suppress(self, address: str, reason: str, scope: str = "global", scope_key: str = "") -> None:
         record = consent_store.SuppressionRecord(address, address_hash(address), scope, scope_key, reason,

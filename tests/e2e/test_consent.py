@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from gateway.smtp.passwords import hash_password
-from gateway.storage import queue_store
 from tests.e2e.conftest import Running, StartGateway
 
 
@@ -41,15 +40,6 @@ def session(port: int, rcpts: list[str], data: bytes, **login: str) -> list[tupl
     return replies
 
 
-async def trace(running: Running, address: str, kind: str) -> list[queue_store.TraceRow]:
-    for _ in range(100):
-        rows = await running.gateway.db.read(lambda c: queue_store.trace(c, address))
-        if any(row.kind == kind for row in rows):
-            return rows
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no {kind} event for {address}: {rows}")
-
-
 async def delivered_to(running: Running, count: int) -> list[str]:
     await running.sink.wait_for(count, timeout=15)
     await asyncio.sleep(0.3)  # anything more that would arrive
@@ -64,7 +54,7 @@ async def test_suppressed_address_is_refused_at_rcpt_and_trace_says_why(start_ga
     assert replies[1] == (550, b"5.7.1 <dead@example.net>: recipient suppressed (hard-bounce)")
     assert replies[2][0] == 250 and replies[3][0] == 250
     assert await delivered_to(running, 1) == ["ann@example.net"]
-    rows = await trace(running, "dead@Example.NET", "refused")  # domain case as typed
+    rows = await running.wait_for_event("dead@Example.NET", "refused")  # domain case as typed
     assert rows[-1].detail == "550 5.7.1 <dead@example.net>: recipient suppressed (hard-bounce)"
 
 
@@ -80,7 +70,7 @@ async def test_no_consent_refuses_marketing_at_data_but_not_transactional_mail(s
     # Mixed: accepted for the rest, the refused one recorded as suppressed.
     assert await asyncio.to_thread(send, running.port, ["ann@example.net", "bob@example.net"], message()) == {}
     assert await delivered_to(running, 2) == ["ann@example.net", "bob@example.net"]
-    rows = await trace(running, "bob@example.net", "suppressed")
+    rows = await running.wait_for_event("bob@example.net", "suppressed")
     assert [r.detail for r in rows if r.kind == "suppressed"] == ["suppressed: no-consent (news)"]
     assert [r.kind for r in rows if r.kind == "refused"] == ["refused"]  # the first, all-refused message
 
@@ -103,7 +93,7 @@ async def test_frequency_cap_drops_the_second_message_within_the_window(start_ga
     assert await delivered_to(running, 1) == ["dee@example.net"]
     # The default action for a cap is "drop": the mailer hears 250, the person gets nothing.
     assert await asyncio.to_thread(send, running.port, ["dee@example.net"], message(campaign="two")) == {}
-    rows = await trace(running, "dee@example.net", "suppressed")
+    rows = await running.wait_for_event("dee@example.net", "suppressed")
     assert [r.detail for r in rows if r.kind == "suppressed"] == ["suppressed: frequency-cap (news, weekly)"]
     assert await delivered_to(running, 1) == ["dee@example.net"]
 
@@ -148,7 +138,7 @@ async def test_pinned_list_is_checked_at_rcpt_and_actions_are_configurable(start
     assert replies[3][0] == 250  # no consent, but configured to drop: the mailer is not told
     assert replies[4][0] == 250
     assert await delivered_to(running, 1) == ["hal@example.net"]
-    rows = await trace(running, "jon@example.net", "suppressed")
+    rows = await running.wait_for_event("jon@example.net", "suppressed")
     assert [r.detail for r in rows if r.kind == "suppressed"] == ["suppressed: no-consent (news)"]
 
 

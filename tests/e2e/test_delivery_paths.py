@@ -13,7 +13,7 @@ from gateway.smtp.passwords import hash_password
 from gateway.storage import queue_store
 from tests.conftest import temporary_postgres
 from tests.e2e.conftest import Running, StartGateway
-from tests.e2e.test_relay import MESSAGE, _raw_session, _send, _wait_for_state
+from tests.e2e.test_relay import MESSAGE, _raw_session, _send
 from tests.e2e.test_tls import _self_signed
 
 
@@ -44,7 +44,7 @@ async def test_disconnect_during_data_defers_then_delivers(start_gateway: StartG
     running = await start_gateway()
     running.sink.script = ReplyScript().disconnect("data", times=1)
     await asyncio.to_thread(_send, running.port, ["erin@example.net"], MESSAGE)
-    rows = await _wait_for_state(running, "erin@example.net", "delivered")
+    rows = await running.wait_for_event("erin@example.net", "delivered")
     assert [row.kind for row in rows] == ["received", "deferred", "delivered"]
     assert "lost connection with mx.example.net" in rows[1].detail
 
@@ -92,7 +92,7 @@ async def test_null_mx_bounces_without_a_connection(start_gateway: StartGateway)
     running = await start_gateway()
     running.dns.add("nomail.example", "MX", "0 .")
     await asyncio.to_thread(_send, running.port, ["gina@nomail.example"], MESSAGE)
-    rows = await _wait_for_state(running, "gina@nomail.example", "bounced")
+    rows = await running.wait_for_event("gina@nomail.example", "bounced")
     assert "null MX" in rows[-1].detail
     assert running.sink.connections_total == 0
 
@@ -101,7 +101,7 @@ async def test_remote_timeout_defers(start_gateway: StartGateway) -> None:
     running = await start_gateway(policy={"command_timeout": "1s", "retry_first": "30s", "retry_max": "1m"})
     running.sink.script = ReplyScript().delay("data", 3)
     await asyncio.to_thread(_send, running.port, ["hank@example.net"], MESSAGE)
-    rows = await _wait_for_state(running, "hank@example.net", "deferred")
+    rows = await running.wait_for_event("hank@example.net", "deferred")
     assert "lost connection with mx.example.net" in rows[-1].detail
     assert "imed out" in rows[-1].detail  # aiosmtplib: "Timed out waiting for server response"
 
@@ -124,7 +124,7 @@ async def test_smtputf8_recipient_is_delivered_with_utf8_envelope(start_gateway:
                                    mail_options=["SMTPUTF8"])
 
     assert await asyncio.to_thread(send_utf8) == {}
-    rows = await _wait_for_state(running, "josé@example.net", "delivered")
+    rows = await running.wait_for_event("josé@example.net", "delivered")
     assert rows[-1].kind == "delivered"
     [received] = running.sink.messages
     assert received.rcpt_tos == ("josé@example.net",)

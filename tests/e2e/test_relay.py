@@ -12,7 +12,6 @@ from sqlalchemy import text
 
 from gateway.sandbox.sink import ReplyScript
 from gateway.smtp.passwords import hash_password
-from gateway.storage import queue_store
 from tests.e2e.conftest import Running, StartGateway
 
 MESSAGE = (
@@ -179,31 +178,22 @@ async def test_storage_failure_answers_451_and_stores_nothing(start_gateway: Sta
     await _delivered(running, 1)
 
 
-async def _wait_for_state(running: Running, recipient: str, state: str) -> list[queue_store.TraceRow]:
-    for _ in range(100):
-        rows = await running.gateway.db.read(lambda c: queue_store.trace(c, recipient))
-        if any(row.kind == state for row in rows):
-            return rows
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{recipient} never reached {state}: {rows}")
-
-
 async def test_remote_replies_become_bounces_and_retries(start_gateway: StartGateway) -> None:
     running = await start_gateway()
     running.sink.script = (ReplyScript()
                            .on_rcpt("dead@example.net", "550 5.1.1 <dead@example.net>: user unknown")
                            .first(1, "451 4.3.0 try again later", match="busy@example.net"))
     await asyncio.to_thread(_send, running.port, ["dead@example.net", "busy@example.net"], MESSAGE)
-    dead = await _wait_for_state(running, "dead@example.net", "bounced")
+    dead = await running.wait_for_event("dead@example.net", "bounced")
     assert "550 5.1.1 <dead@example.net>: user unknown via mx.example.net[127.0.1.5]" in dead[-1].detail
-    busy = await _wait_for_state(running, "busy@example.net", "delivered")
+    busy = await running.wait_for_event("busy@example.net", "delivered")
     assert [row.kind for row in busy] == ["received", "deferred", "delivered"]
 
 
 async def test_unknown_domain_bounces_at_once(start_gateway: StartGateway) -> None:
     running = await start_gateway()
     await asyncio.to_thread(_send, running.port, ["a@nowhere.example"], MESSAGE)
-    rows = await _wait_for_state(running, "a@nowhere.example", "bounced")
+    rows = await running.wait_for_event("a@nowhere.example", "bounced")
     assert "does not exist" in rows[-1].detail
 
 

@@ -15,7 +15,7 @@ from gateway.rewrite.headers import split_message, values
 from gateway.sandbox.sink import ReplyScript
 from gateway.storage import queue_store
 from tests.e2e.conftest import Running, StartGateway
-from tests.e2e.test_consent import message, trace
+from tests.e2e.test_consent import message
 
 ONE_CLICK = {"content": b"List-Unsubscribe=One-Click",
              "headers": {"Content-Type": "application/x-www-form-urlencoded", "User-Agent": "GoogleOneClick/1"}}
@@ -64,7 +64,7 @@ async def test_one_click_unsubscribes_at_once_and_idempotently(start_gateway: St
     refused = await asyncio.to_thread(send, running.port, ["ann@example.net", "bob@example.net"],
                                       message(campaign="two"))
     assert refused == {}  # bob still gets it; ann is recorded as suppressed
-    rows = await trace(running, "ann@example.net", "suppressed")
+    rows = await running.wait_for_event("ann@example.net", "suppressed")
     assert [r.detail for r in rows if r.kind == "suppressed"] == ["suppressed: unsubscribe (list news)"]
     history = await running.gateway.db.read(lambda c: queue_store.trace(c, "bob@example.net"))
     assert [r.kind for r in history].count("delivered") >= 1
@@ -78,10 +78,10 @@ async def test_queued_mail_to_the_list_is_dropped_by_an_unsubscribe(start_gatewa
     path = unsubscribe_path(running.sink.messages[0].data)
     running.sink.script = ReplyScript().on_rcpt("cid@example.net", "451 4.3.0 try again later")
     await asyncio.to_thread(send, running.port, ["cid@example.net"], message(campaign="two"))
-    await trace(running, "cid@example.net", "deferred")  # waiting in the queue
+    await running.wait_for_event("cid@example.net", "deferred")  # waiting in the queue
     async with httpx.AsyncClient(base_url=base) as web:
         assert (await web.post(path, **ONE_CLICK)).status_code == 200
-    rows = await trace(running, "cid@example.net", "suppressed")
+    rows = await running.wait_for_event("cid@example.net", "suppressed")
     assert rows[-1].detail.startswith("suppressed: unsubscribe")
     assert await running.gateway.db.read(queue_store.count_pending) == {}
 
