@@ -12,6 +12,8 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
+from gateway.feedback.verdicts import Verdict
+
 
 class DeliveryState(enum.StrEnum):
     """Where one recipient's copy of a message stands.
@@ -106,6 +108,8 @@ class Outcome:
     next_attempt_at: datetime | None = None
     remote: str | None = None
     source_ip: str | None = None
+    # The bounce classifier's reading of a failed attempt's reply (None when delivered).
+    verdict: Verdict | None = None
 
 
 @dataclass(frozen=True)

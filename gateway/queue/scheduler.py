@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 
 from gateway import metrics
+from gateway.feedback.verdicts import Verdict
 from gateway.queue.retry import RetrySchedule
 from gateway.queue.spool import BodyCache
 from gateway.records import (
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 Deliver = Callable[[ClaimedDelivery, bytes], Awaitable[AttemptResult]]
 Clock = Callable[[], datetime]
+Classify = Callable[[AttemptResult], Verdict | None]
 
 LEASE = timedelta(minutes=15)
 POLL_INTERVAL = 1.0
@@ -45,9 +47,17 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def no_verdict(result: AttemptResult) -> Verdict | None:
+    return None
+
+
 def outcome_for(claim: ClaimedDelivery, result: AttemptResult, retry: RetrySchedule,
-                now: datetime) -> Outcome:
-    """The state an attempt leads to (pure): delivered, bounced, deferred or expired."""
+                now: datetime, classify: Classify = no_verdict) -> Outcome:
+    """The state an attempt leads to (pure): delivered, bounced, deferred or expired.
+
+    A failed attempt's reply also gets the bounce classifier's verdict, which storage
+    records in the same transaction (a hard bounce suppresses the address at once).
+    """
     state, next_at, reply = DeliveryState.DEFERRED, None, result.reply
     if result.kind == "delivered":
         state = DeliveryState.DELIVERED
@@ -59,15 +69,17 @@ def outcome_for(claim: ClaimedDelivery, result: AttemptResult, retry: RetrySched
         if next_at is None:
             state = DeliveryState.EXPIRED
             reply = f"gave up after {claim.attempts + 1} attempts: {result.reply}"
+    verdict = None if state is DeliveryState.DELIVERED else classify(result)
     return Outcome(delivery_id=claim.delivery_id, queue_id=claim.queue_id,
                    recipient=claim.recipient, state=state, reply=reply, at=now,
-                   next_attempt_at=next_at, remote=result.remote, source_ip=result.source_ip)
+                   next_attempt_at=next_at, remote=result.remote, source_ip=result.source_ip,
+                   verdict=verdict)
 
 
 class Scheduler:
     def __init__(self, db: Database, bodies: BodyCache, deliver: Deliver, *,
                  retry: RetrySchedule, node: str, max_in_flight: int = 500,
-                 clock: Clock = utcnow) -> None:
+                 clock: Clock = utcnow, classify: Classify = no_verdict) -> None:
         self.db = db
         self.bodies = bodies
         self.deliver = deliver
@@ -75,6 +87,7 @@ class Scheduler:
         self.node = node
         self.max_in_flight = max_in_flight
         self.clock = clock
+        self.classify = classify
         self._wake = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._in_flight: dict[asyncio.Task[None], int] = {}  # task -> delivery id
@@ -182,7 +195,7 @@ class Scheduler:
         except Exception as exc:
             log.exception("delivery %d failed unexpectedly", claim.delivery_id)
             result = AttemptResult("transient", f"internal error: {type(exc).__name__}")
-        self._outcomes.append(outcome_for(claim, result, self.retry, self.clock()))
+        self._outcomes.append(outcome_for(claim, result, self.retry, self.clock(), self.classify))
         self._outcomes_ready.set()
 
     async def _write_outcomes(self) -> None:

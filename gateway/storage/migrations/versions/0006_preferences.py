@@ -1,0 +1,21 @@
+"""Preference centre (issue 6).
+
+Revision ID: 0006
+Revises: 0005
+Create Date: 2026-11-24
+"""
+
+from __future__ import annotations
+
+revision = "0006"
+down_revision = "0005"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    pass  # placeholder: filled in by the work on this issue
+
+
+def downgrade() -> None:
+    pass
