@@ -84,3 +84,80 @@ RECIPIENTS_REFUSED = Counter(
     "Recipients refused with a 5xx by the consent and suppression rules (never received)",
     ["reason"],
 )
+
+# -- per-provider shaping (gateway/shaping/, gateway/delivery/agent.py) --------------------------
+DELIVERIES_BY_PROVIDER = Counter(
+    "gateway_deliveries_by_provider_total",
+    "Delivery attempts by receiving provider, pool and source IP.",
+    ["provider", "pool", "source_ip", "result"],  # result: delivered | transient | permanent | postponed
+)
+THROTTLE_WAITS = Counter(
+    "gateway_throttle_waits_total",
+    "Times a message waited for its provider's rate (token bucket) before being sent.",
+    ["provider"],
+)
+SUSPENSIONS_ACTIVE = Gauge(
+    "gateway_suspensions_active",
+    "1 while a source IP is suspended for a provider by an automation rule.",
+    ["provider", "source_ip"],
+)
+WARMUP_DAY = Gauge(
+    "gateway_warmup_day",
+    "The warm-up schedule day a source IP is on for a provider (after pauses and step-backs).",
+    ["source_ip", "provider"],
+)
+WARMUP_CAP = Gauge(
+    "gateway_warmup_cap",
+    "Today's warm-up cap for a source IP and provider (-1 = unlimited).",
+    ["source_ip", "provider"],
+)
+WARMUP_DECISIONS = Counter(
+    "gateway_warmup_decisions_total",
+    "Warm-up schedules paused or stepped back because a provider deferred too much.",
+    ["source_ip", "provider", "decision"],  # pause | step_back
+)
+PROVIDER_CONNECTIONS = Gauge(
+    "gateway_provider_connections",
+    "Open outbound connections by provider and source IP.",
+    ["provider", "source_ip"],
+)
+
+# -- bounces, complaints, webhooks (gateway/feedback/) -------------------------------------------
+BOUNCES = Counter(
+    "gateway_bounces_total",
+    "Bounces read: 5xx replies and final failures at delivery, and failed recipients of DSNs.",
+    ["class", "severity"],  # class: the bounce classes of policies/bounces.toml; hard | soft
+)
+COMPLAINTS = Counter(
+    "gateway_complaints_total",
+    "Trusted complaint (ARF) reports applied, by receiving provider.",
+    ["provider"],  # "unknown" until the report can be tied to a provider profile
+)
+INBOUND_REPORTS = Counter(
+    "gateway_inbound_reports_total",
+    "Mail to the bounce domain after processing, by report kind and what became of it.",
+    ["kind", "result"],  # kind: dsn | arf | auto-reply | not-bounce | unsubscribe; result: the inbound state
+)
+WEBHOOK_BACKLOG = Gauge(
+    "gateway_webhook_backlog",
+    "Events waiting in the webhook outbox (all webhooks).",
+)
+WEBHOOK_DELIVERIES = Counter(
+    "gateway_webhook_deliveries_total",
+    "Webhook POSTs, by result.",
+    ["result"],  # ok | failed
+)
+FEEDBACK_UNAPPLIED = Gauge(
+    "gateway_feedback_unapplied",
+    "Bounce facts whose bookkeeping failed with their outcome, waiting to be applied again.",
+)
+WEBHOOK_PARKED = Counter(
+    "gateway_webhook_parked_total",
+    "Webhook events given up after too many attempts or too long (state parked in webhook_outbox).",
+    ["webhook"],
+)
+WEBHOOK_SKIPPED_IDS = Counter(
+    "gateway_webhook_skipped_event_ids_total",
+    "Event ids the webhook feed moved past after the grace period without ever seeing them.",
+    ["webhook"],
+)

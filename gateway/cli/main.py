@@ -5,18 +5,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import logging
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.cli import consent_cmd, dkim_cmd, queue_cmd
+from gateway.cli import bounces_cmd, consent_cmd, dkim_cmd, dns_cmd, policy_cmd, queue_cmd
 from gateway.config.loader import ConfigError, load_settings
 from gateway.config.policy import load_policy
 from gateway.config.schema import Settings
+from gateway.feedback.classify import Classifier
 from gateway.signing.keyring import KeyRing
-from gateway.signing.token_keys import read_api_token, token_codec
+from gateway.signing.token_keys import read_api_token, read_secret, token_codec
 from gateway.smtp.passwords import hash_password
 from gateway.storage.errors import StorageError
 
@@ -36,8 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = verbs.add_parser("serve", help="run the SMTP intake, delivery and admin HTTP")
     _config_arg(serve)
-    serve.add_argument("--log-level", default="info",
-                       choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"],
+                       help="overrides [logging] level")
+    serve.add_argument("--log-format", default=None, choices=["text", "json"],
+                       help="overrides [logging] format (json: one object per line on stdout)")
 
     check = verbs.add_parser("check-config", help="validate settings and policy files")
     _config_arg(check)
@@ -50,8 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(upgrade)
 
     dkim_cmd.add_parsers(verbs, _config_arg)
+    dns_cmd.add_parsers(verbs, _config_arg)
     queue_cmd.add_parsers(verbs, _config_arg)
     consent_cmd.add_parsers(verbs, _config_arg)
+    policy_cmd.add_parsers(verbs, _config_arg)
+    bounces_cmd.add_parsers(verbs, _config_arg)
     return parser
 
 
@@ -83,18 +88,28 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.verb == "check-config":
         settings = load_settings(args.config)
         policy = load_policy(settings.policy.dir)
+        Classifier.from_policy_dir(settings.policy.dir)  # bounce rules: refused at start if bad
         keyring = KeyRing.load(settings.domains)
         signing = sum(len(keyring.keys_for(domain.name)) for domain in settings.domains)
         if _token_keys_exist(settings):
             token_codec(settings.tokens, create=False)  # raises KeyProblem if unusable
         if settings.http.api_token_file is not None:
             read_api_token(settings.http.api_token_file)  # the same checks serve makes
+        for hook in settings.webhooks:
+            read_secret(hook.secret_file)  # webhook signing secrets: owner-only, 32+ bytes
+        _check_pages(settings)
         print(f"ok: {len(args.config)} settings file(s), policy from {settings.policy.dir}, "
               f"{len(settings.smtp.accounts)} account(s), {len(policy.providers)} provider profile(s), "
               f"{signing} DKIM signing key(s) for {len(settings.domains)} domain(s)")
         return 0
     if args.verb == "dkim":
         return dkim_cmd.run(args)
+    if args.verb == "dns":
+        return dns_cmd.run(args)
+    if args.verb == "bounces":
+        return bounces_cmd.run(args)
+    if args.verb in ("policy", "reload"):
+        return policy_cmd.run(args)
     if args.verb in ("lists", "suppress", "contacts"):
         return consent_cmd.run(args)
     if args.verb == "passwd":
@@ -120,13 +135,21 @@ async def _upgrade(url: str) -> str | None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from gateway import logs
     from gateway.runtime import serve
 
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
+    settings = load_settings(args.config).logging
+    logs.configure(args.log_level or settings.level, args.log_format or settings.format,
+                   addresses=settings.addresses)
     _run_loop(serve(args.config))
     return 0
+
+
+def _check_pages(settings: Settings) -> None:
+    """The public pages' templates and message catalogs (an operator's .po files included)."""
+    from gateway.web.pages import Pages
+
+    Pages.load(settings.pages)
 
 
 def _token_keys_exist(settings: Settings) -> bool:

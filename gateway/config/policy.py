@@ -1,27 +1,107 @@
 """Delivery policy files (policies/*.toml): behaviour operators tune without a restart.
 
-This release reads the ``default`` provider profile: connection limits, retry
-schedule, queue lifetime, TLS and timeouts for every destination. Per-provider
-profiles with MX matching, rates and automation rules build on this schema.
+``providers.toml`` holds ``[providers.NAME]`` profiles: how a provider is recognised
+(MX host suffixes, recipient domain suffixes), its limits, retry schedule, TLS and
+ordered automation rules. Every profile inherits ``[providers.default]`` key by key
+(except the match lists). Limits apply per source IP per provider; keys named
+``provider_*`` cap the provider across the whole pool. ``warmup.toml`` holds the
+warm-up schedules and the health rule that pauses or steps them back.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, PrivateAttr, field_validator, model_validator
 
 from gateway.config.loader import ConfigError, read_toml, validate_layers
 from gateway.config.schema import Duration, Strict
+from gateway.config.units import is_hostname, is_key
 from gateway.queue.retry import RetrySchedule
+from gateway.shaping.automation import AutomationRule
+from gateway.shaping.matching import DEFAULT, ProviderMatcher
+from gateway.shaping.rates import Rate, parse_rate
+from gateway.shaping.warmup import HealthRule, WarmupSchedule
 
-POLICY_FILES = ("providers.toml",)
+POLICY_FILES = ("providers.toml", "warmup.toml")
+UNLIMITED = "unlimited"
+
+
+def _rate_or_unlimited(value: object) -> Rate | None:
+    if value is None or value == UNLIMITED:
+        return None
+    return parse_rate(value)
+
+
+def _limit_or_unlimited(value: object) -> int | None:
+    if value is None or value == UNLIMITED:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"expected a whole number of at least 1 or \"unlimited\", got {value!r}")
+    return value
+
+
+def _suffix(value: object) -> str:
+    if not isinstance(value, str) or not is_hostname(value.strip(".").lower()):
+        raise ValueError(f"bad host or domain suffix {value!r}")
+    return value.strip(".").lower()
+
+
+def _regex(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("expected a regular expression")
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"bad regular expression {value!r}: {exc}") from None
+    return value
+
+
+OptionalRate = Annotated[Rate | None, BeforeValidator(_rate_or_unlimited)]
+OptionalLimit = Annotated[int | None, BeforeValidator(_limit_or_unlimited)]
+Suffix = Annotated[str, BeforeValidator(_suffix)]
+Regex = Annotated[str, BeforeValidator(_regex)]
+
+
+class RuleSpec(Strict):
+    """``[[providers.NAME.rules]]``: a regex on the reply (code and text) and what to do."""
+
+    match: Regex
+    action: Literal["suspend", "throttle", "bounce"]
+    duration: Duration | None = None
+    rate: Annotated[Rate | None, BeforeValidator(parse_rate)] = None
+    name: str = ""
+
+    @model_validator(mode="after")
+    def _needs(self) -> RuleSpec:
+        if self.action in ("suspend", "throttle") and not self.duration:
+            raise ValueError(f"action {self.action} needs a duration")
+        if self.action == "throttle" and self.rate is None:
+            raise ValueError("action throttle needs a rate, e.g. rate = \"10/min\"")
+        if self.action != "throttle" and self.rate is not None:
+            raise ValueError(f"rate only applies to action throttle, not {self.action}")
+        return self
+
+
+@lru_cache(maxsize=1024)
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern, re.IGNORECASE)
 
 
 class ProviderProfile(Strict):
+    match_mx: list[Suffix] = Field(default_factory=list)
+    match_domains: list[Suffix] = Field(default_factory=list)
+    pool: str | None = None
     connection_limit: int = Field(default=10, ge=1, le=1000)
+    provider_connection_limit: OptionalLimit = None
     max_deliveries_per_connection: int = Field(default=100, ge=1)
+    max_message_rate: OptionalRate = None
+    provider_max_message_rate: OptionalRate = None
+    provider_pause: Duration = Field(default=60.0, gt=0)
     retry_first: Duration = Field(default=300.0, gt=0)
     retry_factor: float = Field(default=2.0, ge=1.0, le=10.0)
     retry_max: Duration = Field(default=4 * 3600.0, gt=0)
@@ -30,6 +110,7 @@ class ProviderProfile(Strict):
     connect_timeout: Duration = Field(default=30.0, gt=0)
     command_timeout: Duration = Field(default=300.0, gt=0)
     idle_close: Duration = Field(default=5.0, ge=0)
+    rules: list[RuleSpec] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _retry_order(self) -> ProviderProfile:
@@ -42,23 +123,111 @@ class ProviderProfile(Strict):
         return RetrySchedule(first=self.retry_first, factor=self.retry_factor,
                              maximum=self.retry_max, max_age=self.max_queue_age)
 
+    @property
+    def automation(self) -> tuple[AutomationRule, ...]:
+        return tuple(AutomationRule(_compiled(r.match), r.action, r.duration or 0.0, r.rate,
+                                    r.name or r.match) for r in self.rules)
+
+
+def _cap(value: object) -> int | None:
+    if value == UNLIMITED:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"expected a daily cap of at least 1 or \"unlimited\", got {value!r}")
+    return value
+
+
+Cap = Annotated[int | None, BeforeValidator(_cap)]
+
+
+class HealthSpec(Strict):
+    max_deferral_share: float = Field(default=0.1, gt=0, le=1)
+    min_attempts: int = Field(default=20, ge=1)
+    action: Literal["pause", "step_back"] = "pause"
+    step_back_days: int = Field(default=3, ge=1)
+
+
+class Warmup(Strict):
+    health: HealthSpec = Field(default_factory=HealthSpec)
+    schedules: dict[str, dict[str, Cap]] = Field(default_factory=dict)
+
+    @field_validator("schedules")
+    @classmethod
+    def _days(cls, value: dict[str, dict[str, int | None]]) -> dict[str, dict[str, int | None]]:
+        for name, days in value.items():
+            if not days:
+                raise ValueError(f"schedule {name!r} lists no days")
+            for day in days:
+                if not day.isdigit() or int(day) < 1:
+                    raise ValueError(f"schedule {name!r}: day {day!r} is not a day number (1, 2, ...)")
+        return value
+
+    def schedule(self, provider: str) -> WarmupSchedule | None:
+        days = self.schedules.get(provider) or self.schedules.get(DEFAULT)
+        return None if days is None else WarmupSchedule.from_days({int(d): c for d, c in days.items()})
+
+    @property
+    def health_rule(self) -> HealthRule:
+        h = self.health
+        return HealthRule(h.max_deferral_share, h.min_attempts, h.action, h.step_back_days)
+
+
+_NOT_INHERITED = ("match_mx", "match_domains")
+
+
+def _inherit(data: Any) -> Any:
+    """Profiles start from [providers.default], key by key, before validation."""
+    if not isinstance(data, Mapping) or not isinstance(data.get("providers"), Mapping):
+        return data
+    providers = dict(data["providers"])
+    base = providers.get(DEFAULT)
+    if not isinstance(base, Mapping):
+        return data
+    inherited = {k: v for k, v in base.items() if k not in _NOT_INHERITED}
+    for name, profile in providers.items():
+        if name != DEFAULT and isinstance(profile, Mapping):
+            providers[name] = {**inherited, **profile}
+    return {**data, "providers": providers}
+
 
 class Policy(Strict):
-    providers: dict[str, ProviderProfile] = Field(default_factory=lambda: {"default": ProviderProfile()})
+    _matcher: ProviderMatcher = PrivateAttr()
+    providers: dict[str, ProviderProfile] = Field(default_factory=lambda: {DEFAULT: ProviderProfile()})
+    warmup: Warmup = Field(default_factory=Warmup)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inherit_default(cls, data: Any) -> Any:
+        return _inherit(data)
 
     @model_validator(mode="after")
-    def _default_only(self) -> Policy:
-        if "default" not in self.providers:
+    def _default_present(self) -> Policy:
+        if DEFAULT not in self.providers:
             raise ValueError("a [providers.default] profile is required")
-        others = sorted(set(self.providers) - {"default"})
-        if others:
-            raise ValueError(f"profile {others[0]!r}: only [providers.default] is supported by "
-                             "this version (provider matching is not implemented yet)")
+        for name, profile in self.providers.items():
+            if not is_key(name):
+                raise ValueError(f"bad provider name {name!r}: use letters, digits, '.', '_', '-'")
+            if name == DEFAULT and (profile.match_mx or profile.match_domains):
+                raise ValueError("[providers.default] matches everything else: no match_mx/match_domains")
+        for name in self.warmup.schedules:
+            if name not in self.providers:
+                raise ValueError(f"warm-up schedule {name!r} names no provider profile")
         return self
 
     @property
     def default(self) -> ProviderProfile:
-        return self.providers["default"]
+        return self.providers[DEFAULT]
+
+    def profile(self, provider: str) -> ProviderProfile:
+        return self.providers.get(provider) or self.default
+
+    def model_post_init(self, context: Any) -> None:
+        self._matcher = ProviderMatcher({n: p.match_mx for n, p in self.providers.items()},
+                                        {n: p.match_domains for n, p in self.providers.items()})
+
+    @property
+    def matcher(self) -> ProviderMatcher:
+        return self._matcher
 
 
 def load_policy(directory: Path) -> Policy:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -208,6 +209,9 @@ class HttpSettings(Strict):
     public_url: Annotated[str, BeforeValidator(_public_url)] = "http://127.0.0.1:8080"
     # Bearer token for the admin API (/api/...), 32+ characters, mode 0600. Unset: no API.
     api_token_file: Path | None = None
+    # Reverse proxies in front of public_listen whose X-Forwarded-For is believed (IPs or
+    # networks). Empty: the TCP peer is the client, and the header is ignored.
+    trusted_proxies: list[Network] = Field(default_factory=list)
 
 
 class DnsSettings(Strict):
@@ -223,6 +227,82 @@ class BounceSettings(Strict):
     domain: DomainName = "bounces.localhost.localdomain"
     # Envelope sender b+TOKEN@domain per delivery, so that every bounce names its delivery.
     verp: bool = True
+    # Soft bounces (mailbox full, ...): soft_bounce_limit of them spread over at least
+    # soft_bounce_days, with no delivery in between, suppress the address for
+    # soft_bounce_suppress_for. A gap longer than soft_bounce_decay starts the count again.
+    soft_bounce_limit: int = Field(default=5, ge=1, le=1000)
+    soft_bounce_days: Duration = Field(default=7 * 86400.0, ge=0)
+    soft_bounce_suppress_for: Duration = Field(default=30 * 86400.0, gt=0)
+    soft_bounce_decay: Duration = Field(default=14 * 86400.0, gt=0)
+    # A DSN that names no valid VERP token is matched by address only when that address was
+    # sent mail within this window (an address alone is weaker evidence; see docs/feedback.md).
+    address_match_window: Duration = Field(default=14 * 86400.0, ge=0)
+
+    @model_validator(mode="after")
+    def _decay_covers_span(self) -> BounceSettings:
+        if self.soft_bounce_decay < self.soft_bounce_days / max(self.soft_bounce_limit - 1, 1):
+            raise ValueError("soft_bounce_decay is shorter than the gap between soft bounces that "
+                             "soft_bounce_limit over soft_bounce_days needs: the limit is unreachable")
+        return self
+
+
+def _fbl_address(value: str) -> str:
+    """A local part ("fbl") or a full address ("fbl@bounces.example.com"), lower-cased."""
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+(@[A-Za-z0-9.-]+)?",
+                                                      value):
+        raise ValueError(f"bad FBL address {value!r}: expected a local part or local@domain")
+    return value.lower()
+
+
+class ComplaintSettings(Strict):
+    """Complaint (ARF) reports from mailbox providers' feedback loops."""
+
+    # Where providers send reports: local parts at the bounce domain or full addresses there.
+    # Reports that arrive at a VERP address are handled too.
+    fbl_addresses: list[Annotated[str, BeforeValidator(_fbl_address)]] = Field(
+        default_factory=lambda: ["fbl"])
+    # A report is trusted when its DKIM signature passes for one of these domains ...
+    dkim_domains: list[DomainName] = Field(default_factory=list)
+    # ... or when it was received from one of these networks.
+    trusted_networks: list[Network] = Field(default_factory=list)
+    # "list": the complainer leaves the list the mail came from (global when it had none);
+    # "global": no more mail of any kind.
+    scope: Literal["list", "global"] = "list"
+
+
+WebhookEvent = Literal["delivered", "deferred", "bounced", "expired", "suppressed", "refused",
+                       "complained", "unsubscribed"]
+ALL_WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("delivered", "deferred", "bounced", "expired", "suppressed",
+                                                "refused", "complained", "unsubscribed")
+
+
+def _webhook_url(value: str) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"https?://[^\s]+", value):
+        raise ValueError(f"bad webhook url {value!r}: expected http(s)://HOST[:PORT]/PATH")
+    return value
+
+
+class Webhook(Strict):
+    name: Annotated[str, BeforeValidator(_list_key)]
+    url: Annotated[str, BeforeValidator(_webhook_url)]
+    # HMAC-SHA256 key for X-Gateway-Signature: owner-only file, 32+ bytes.
+    secret_file: Path
+    events: list[WebhookEvent] = Field(default_factory=lambda: list(ALL_WEBHOOK_EVENTS), min_length=1)
+    timeout: Duration = Field(default=10.0, gt=0)
+    retry_min: Duration = Field(default=1.0, gt=0)
+    retry_max: Duration = Field(default=300.0, gt=0)
+    # An event still failing after this many tries, or this long after it was queued, is
+    # parked (kept, no longer retried) so that the recipient's later events go on.
+    max_attempts: int = Field(default=50, ge=1)
+    max_age: Duration = Field(default=86400.0, gt=0)
+    # A webhook added later starts with the newest event; "start" also sends the stored ones.
+    start: Literal["newest", "start"] = Field(default="newest", alias="from")
+
+    @model_validator(mode="after")
+    def _retry_order(self) -> Webhook:
+        if self.retry_max < self.retry_min:
+            raise ValueError("retry_max is shorter than retry_min")
+        return self
 
 
 # RFC 6376 3.1: selector = sub-domain *( "." sub-domain ); labels of letters, digits, '-'.
@@ -288,7 +368,7 @@ class HeaderSettings(Strict):
 
 
 Reason = Literal["hard-bounce", "complaint", "unsubscribe", "manual", "import", "role-account",
-                 "spam-trap", "no-consent", "unknown-list", "frequency-cap"]
+                 "spam-trap", "soft-bounce", "no-consent", "unknown-list", "frequency-cap"]
 
 
 class ConsentSettings(Strict):
@@ -328,16 +408,94 @@ class TokenSettings(Strict):
 
 class PoolAddress(Strict):
     address: IPAddress
-    helo: HostName
+    helo: HostName  # must match the address's PTR record
+    # Share of new connections relative to the pool's other IPs; 0 = kept out of rotation.
+    weight: int = Field(default=1, ge=0, le=1000)
+    # First day of this IP's warm-up (policies/warmup.toml); unset = already warm.
+    warmup_start: date | None = None
 
 
 class Pool(Strict):
     name: str = Field(min_length=1)
     ips: list[PoolAddress] = Field(min_length=1)
+    # Streams sent from this pool (a stream in no pool's list uses the pool named "default").
+    streams: list[Stream] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _distinct_ips(self) -> Pool:
+        _reject_duplicates("pool address", [str(ip.address) for ip in self.ips])
+        if not any(ip.weight for ip in self.ips):
+            raise ValueError(f"pool {self.name!r} has no IP with a weight above 0")
+        return self
+
+
+class LoggingSettings(Strict):
+    """``serve``'s log: ``--log-level`` on the command line overrides ``level``."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"  # json: one object per line on stdout
+    addresses: bool = False  # write recipient addresses instead of their digest
 
 
 class PolicySettings(Strict):
     dir: Path = Path("policies")
+
+
+class ProcessSettings(Strict):
+    # `gateway serve` writes its process id here; `gateway reload` signals it (SIGHUP).
+    pid_file: Path = Path("var/gateway.pid")
+
+
+_COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
+
+
+def _colour(value: str) -> str:
+    if not isinstance(value, str) or not _COLOUR.fullmatch(value):
+        raise ValueError(f"bad colour {value!r}: expected #rrggbb")
+    return value.lower()
+
+
+def _https_url(value: str) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"https://[^\s<>\"'()\\]+", value):
+        raise ValueError(f"bad URL {value!r}: expected https://... without spaces, quotes or brackets")
+    return value
+
+
+def _link(value: str) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"(https://|mailto:|tel:)[^\s<>\"'\\]+", value):
+        raise ValueError(f"bad link {value!r}: expected an https://, mailto: or tel: URL")
+    return value
+
+
+Colour = Annotated[str, BeforeValidator(_colour)]
+HttpsUrl = Annotated[str, BeforeValidator(_https_url)]
+
+
+class ChannelLink(Strict):
+    label: str = Field(min_length=1, max_length=80)
+    url: Annotated[str, BeforeValidator(_link)]
+
+
+class PageColours(Strict):
+    brand: Colour = "#1d4ed8"  # header bar, buttons, links, focus ring
+    text: Colour = "#1f2937"
+    background: Colour = "#ffffff"
+
+
+class PagesSettings(Strict):
+    """The preference centre and confirmation pages on http.public_listen (docs/preferences.md)."""
+
+    company_name: str = Field(default="", max_length=120)
+    logo_url: HttpsUrl | None = None
+    colours: PageColours = Field(default_factory=PageColours)
+    privacy_url: HttpsUrl | None = None
+    channels: list[ChannelLink] = Field(default_factory=list, max_length=10)
+    # Extra or overriding gettext catalogs: LOCALE/LC_MESSAGES/messages.po under this directory.
+    locale_dir: Path | None = None
+    default_locale: str = Field(default="en", pattern=r"^[a-z]{2,3}(_[A-Za-z0-9]{2,8})*$")
+    # How long after its message a preference link may still join topics or turn the master
+    # switch off (leaving always works): a recent delivery is what proves the mailbox.
+    rejoin_window: Duration = Field(default=30 * 86400.0, gt=0)
 
 
 class Settings(Strict):
@@ -353,9 +511,20 @@ class Settings(Strict):
     consent: ConsentSettings = Field(default_factory=ConsentSettings)
     pools: list[Pool] = Field(default_factory=list)
     policy: PolicySettings = Field(default_factory=PolicySettings)
+    process: ProcessSettings = Field(default_factory=ProcessSettings)
+    pages: PagesSettings = Field(default_factory=PagesSettings)
+    complaints: ComplaintSettings = Field(default_factory=ComplaintSettings)
+    webhooks: list[Webhook] = Field(default_factory=list)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @model_validator(mode="after")
     def _unique_names(self) -> Settings:
         _reject_duplicates("pool", [p.name for p in self.pools])
+        _reject_duplicates("stream in pools", [s for p in self.pools for s in p.streams])
         _reject_duplicates("domain", [d.name for d in self.domains])
+        _reject_duplicates("webhook", [w.name for w in self.webhooks])
+        for address in self.complaints.fbl_addresses:
+            if "@" in address and address.rpartition("@")[2] != self.bounce.domain:
+                raise ValueError(f"complaints.fbl_addresses: {address} is not at the bounce domain "
+                                 f"{self.bounce.domain}; only mail for that domain is accepted without AUTH")
         return self

@@ -219,7 +219,7 @@ def _check_port(port: int, what: str) -> int:
     return port
 
 
-def _make_resolver(
+def make_resolver(
     nameservers: Sequence[tuple[str, int]], timeout: float
 ) -> dns.asyncresolver.Resolver:
     """Build dnspython's resolver; with no nameservers it reads the system configuration."""
@@ -276,7 +276,7 @@ class MxResolver:
     ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
-        self._resolver = _make_resolver(nameservers, timeout)
+        self._resolver = make_resolver(nameservers, timeout)
         self._overrides = {
             normalize_domain(domain): [(host, _check_port(port, domain)) for host, port in hosts]
             for domain, hosts in (overrides or {}).items()

@@ -24,9 +24,11 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 Action = Literal["reject", "drop"]
-# Why a recipient can be refused; the first seven are also suppression reasons.
+# Why a recipient can be refused; the suppression reasons are also refusal reasons.
+# A "soft-bounce" suppression (repeated mailbox-full and the like, with an expiry) holds for
+# marketing mail only: a receipt may still get through once the mailbox has room.
 SUPPRESSION_REASONS = ("hard-bounce", "complaint", "unsubscribe", "manual", "import", "role-account",
-                       "spam-trap")
+                       "spam-trap", "soft-bounce")
 REASONS = (*SUPPRESSION_REASONS, "no-consent", "unknown-list", "frequency-cap")
 
 

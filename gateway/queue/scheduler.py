@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 
 from gateway import metrics
+from gateway.feedback.softbounce import SoftBounceRule
 from gateway.feedback.verdicts import Verdict
 from gateway.queue.retry import RetrySchedule
 from gateway.queue.spool import BodyCache
@@ -28,9 +29,11 @@ from gateway.records import (
     DeliveryState,
     Outcome,
 )
-from gateway.storage import queue_store
+from gateway.shaping.outcomes import POSTPONED, ShapedResult
+from gateway.storage import queue_store, shaping_store
 from gateway.storage.database import Database
 from gateway.storage.errors import StorageError
+from gateway.storage.queue_store import DEFAULT_SOFT_RULE
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,8 @@ def outcome_for(claim: ClaimedDelivery, result: AttemptResult, retry: RetrySched
     A failed attempt's reply also gets the bounce classifier's verdict, which storage
     records in the same transaction (a hard bounce suppresses the address at once).
     """
+    if isinstance(result, ShapedResult) and result.kind == POSTPONED:
+        return _postponed(claim, result, retry, now)
     state, next_at, reply = DeliveryState.DEFERRED, None, result.reply
     if result.kind == "delivered":
         state = DeliveryState.DELIVERED
@@ -76,10 +81,31 @@ def outcome_for(claim: ClaimedDelivery, result: AttemptResult, retry: RetrySched
                    verdict=verdict)
 
 
+def _postponed(claim: ClaimedDelivery, result: ShapedResult, retry: RetrySchedule,
+               now: datetime) -> Outcome:
+    """Shaping held the delivery back without an attempt (warm-up cap, suspended IPs, paused
+    provider, backlog): it stays pending, due at ``postpone_until``, with no attempt counted.
+    The outcome says so with state QUEUED, which storage applies as a postponement. Past
+    the provider's ``max_queue_age`` it expires like a failing delivery would."""
+    if (now - claim.received_at).total_seconds() >= retry.max_age:
+        return Outcome(delivery_id=claim.delivery_id, queue_id=claim.queue_id,
+                       recipient=claim.recipient, state=DeliveryState.EXPIRED,
+                       reply=f"expired while held back by shaping: {result.reply}", at=now,
+                       source_ip=result.source_ip)
+    until = result.postpone_until or now
+    return Outcome(delivery_id=claim.delivery_id, queue_id=claim.queue_id, recipient=claim.recipient,
+                   state=DeliveryState.QUEUED, reply=result.reply, at=now,
+                   next_attempt_at=max(until, now), source_ip=result.source_ip)
+
+
+STREAM_PRIORITY = {"transactional": 0, "marketing": 1}
+
+
 class Scheduler:
     def __init__(self, db: Database, bodies: BodyCache, deliver: Deliver, *,
                  retry: RetrySchedule, node: str, max_in_flight: int = 500,
-                 clock: Clock = utcnow, classify: Classify = no_verdict) -> None:
+                 clock: Clock = utcnow, classify: Classify = no_verdict,
+                 soft_rule: SoftBounceRule = DEFAULT_SOFT_RULE) -> None:
         self.db = db
         self.bodies = bodies
         self.deliver = deliver
@@ -88,6 +114,9 @@ class Scheduler:
         self.max_in_flight = max_in_flight
         self.clock = clock
         self.classify = classify
+        # Per-provider retry schedules (shaping); None: ``retry`` for every delivery.
+        self.retry_for: Callable[[str], RetrySchedule] | None = None
+        self.soft_rule = soft_rule  # when soft bounces add up to a suppression (issue 8)
         self._wake = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._in_flight: dict[asyncio.Task[None], int] = {}  # task -> delivery id
@@ -153,6 +182,7 @@ class Scheduler:
             await self._idle()
             return
         bodies = await self._bodies_for(claimed)
+        claimed.sort(key=lambda claim: STREAM_PRIORITY.get(claim.stream, 1))  # stable: due order kept
         for claim in claimed:
             task = asyncio.create_task(self._attempt(claim, bodies.get(claim.queue_id)))
             self._in_flight[task] = claim.delivery_id
@@ -195,7 +225,10 @@ class Scheduler:
         except Exception as exc:
             log.exception("delivery %d failed unexpectedly", claim.delivery_id)
             result = AttemptResult("transient", f"internal error: {type(exc).__name__}")
-        self._outcomes.append(outcome_for(claim, result, self.retry, self.clock(), self.classify))
+        retry = self.retry
+        if self.retry_for is not None and isinstance(result, ShapedResult):
+            retry = self.retry_for(result.provider)
+        self._outcomes.append(outcome_for(claim, result, retry, self.clock(), self.classify))
         self._outcomes_ready.set()
 
     async def _write_outcomes(self) -> None:
@@ -221,8 +254,15 @@ class Scheduler:
 
     async def _record(self, batch: list[Outcome]) -> None:
         """Commit outcomes; one the database refuses must not hold back the others."""
+        held = [outcome for outcome in batch if outcome.state is DeliveryState.QUEUED]
+        if held:
+            await self._postpone(held)
+            batch = [outcome for outcome in batch if outcome.state is not DeliveryState.QUEUED]
+            if not batch:
+                return
         errors = await self.db.write_items(
-            lambda conn, chunk: queue_store.record_outcomes(conn, self.node, chunk), batch)
+            lambda conn, chunk: queue_store.record_outcomes(conn, self.node, chunk, soft_rule=self.soft_rule),
+            batch)
         recorded = [outcome for outcome, error in zip(batch, errors, strict=True) if error is None]
         if not recorded:  # nothing went in: the database is down, keep them all for later
             raise errors[0] or StorageError("no outcome could be recorded")
@@ -231,6 +271,10 @@ class Scheduler:
                 log.error("outcome for delivery %d not recordable (%s); it is retried when its "
                           "lease expires", outcome.delivery_id, error)
         self._count(recorded)
+
+    async def _postpone(self, held: list[Outcome]) -> None:
+        items = [(o.delivery_id, o.next_attempt_at or o.at) for o in held]
+        await self.db.write(partial(shaping_store.postpone, node=self.node, items=items))
 
     def _count(self, batch: list[Outcome]) -> None:
         for outcome in batch:

@@ -49,10 +49,12 @@ class Spool:
     """
 
     def __init__(self, db: Database, bodies: BodyCache,
-                 on_stored: Callable[[], None] = lambda: None) -> None:
+                 on_stored: Callable[[], None] = lambda: None,
+                 on_inbound: Callable[[], None] = lambda: None) -> None:
         self.db = db
         self.bodies = bodies
         self._on_stored = on_stored
+        self._on_inbound = on_inbound  # bounce processing starts at once, not at its next poll
         self._waiting: list[tuple[NewMessage, asyncio.Future[None]]] = []
         self._committer: asyncio.Task[None] | None = None
 
@@ -81,3 +83,4 @@ class Spool:
 
     async def store_inbound(self, message: InboundMessage) -> None:
         await self.db.write(lambda conn: queue_store.insert_inbound(conn, message))
+        self._on_inbound()

@@ -43,6 +43,7 @@ class Purpose(StrEnum):
     UNSUBSCRIBE = "unsubscribe"
     VERP = "verp"
     CONFIRM = "confirm"  # double opt-in: the number is a contact id, the binding its address and list
+    FORM = "form"  # CSRF token of a public page form: the number is its issue time (Unix seconds)
 
 
 @dataclass(frozen=True)

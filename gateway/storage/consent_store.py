@@ -35,8 +35,10 @@ from gateway.storage.tables import (
     consent_history,
     consents,
     contacts,
+    deliveries,
     lists,
     marketing_sends,
+    messages,
     suppressions,
 )
 
@@ -459,3 +461,39 @@ async def consent_page(conn: AsyncConnection, list_key: str | None, after: tuple
             int(row.contact_id), row.address, row.locale, row.list_key, row.status, row.frequency,
             event.source if event else "", event.at if event else None, (event.proof or "") if event else ""))
     return result
+
+
+# -- preference centre (gateway/ingest/preferences.py) ----------------------------------------
+
+async def append_history(conn: AsyncConnection, change: ConsentChange) -> None:
+    """A history row without a consent row: the master switch, whose list key is "" (all
+    marketing), has no list to hold a current state; its state is the global suppression."""
+    await conn.execute(insert(consent_history).values(
+        contact_id=change.contact_id, address_hash=change.address_hash, list_key=change.list_key,
+        status=change.status, frequency=change.frequency, source=change.source, at=change.at,
+        ip=change.ip, user_agent=change.user_agent, proof=change.proof))
+
+
+async def global_unsubscribe(conn: AsyncConnection, address_hash: str, now: datetime) -> bool:
+    """Whether the address has left all marketing (an active global unsubscribe suppression)."""
+    row = (await conn.execute(select(suppressions.c.expires_at).where(
+        suppressions.c.address_hash == address_hash, suppressions.c.scope == "global",
+        suppressions.c.reason == "unsubscribe"))).first()
+    return row is not None and (row.expires_at is None or row.expires_at > now)
+
+
+async def has_suppression(conn: AsyncConnection, address_hash: str, scope: str, scope_key: str, reason: str,
+                          now: datetime) -> bool:
+    """Whether this exact suppression is in force: an unsubscribe repeated finds it and adds nothing."""
+    row = (await conn.execute(select(suppressions.c.expires_at).where(
+        suppressions.c.address_hash == address_hash, suppressions.c.scope == scope,
+        suppressions.c.scope_key == scope_key, suppressions.c.reason == reason))).first()
+    return row is not None and (row.expires_at is None or row.expires_at > now)
+
+
+async def message_received_at(conn: AsyncConnection, delivery_id: int) -> datetime | None:
+    """When the message of a delivery reached the gateway: the age of the link in it."""
+    row = (await conn.execute(select(messages.c.received_at)
+                              .join(deliveries, deliveries.c.queue_id == messages.c.queue_id)
+                              .where(deliveries.c.id == delivery_id))).first()
+    return None if row is None else row.received_at

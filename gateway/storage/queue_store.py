@@ -7,15 +7,19 @@ the scheduler go through ``Database.write`` (group commit), the CLI through
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, exists, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, exists, func, insert, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.ingest.addresses import address_hash, normalize_recipient
+from gateway.feedback.softbounce import SoftBounceRule
+from gateway.ingest.addresses import address_hash, address_key, normalize_recipient
+from gateway.ingest.rules import ANY_STREAM_REASONS
 from gateway.records import (
     PENDING_STATES,
     ClaimedDelivery,
@@ -24,10 +28,13 @@ from gateway.records import (
     NewMessage,
     Outcome,
 )
-from gateway.storage import consent_store
-from gateway.storage.tables import deliveries, events, inbound, messages
+from gateway.storage import consent_store, feedback_store
+from gateway.storage.feedback_store import BounceEffect, BounceFact
+from gateway.storage.tables import deliveries, events, inbound, messages, suppressions
 
+log = logging.getLogger(__name__)
 _PENDING = [s.value for s in PENDING_STATES]
+DEFAULT_SOFT_RULE = SoftBounceRule()
 
 
 def recipient_domain(address: str) -> str:
@@ -116,10 +123,63 @@ async def claim_due(conn: AsyncConnection, *, node: str, now: datetime,
         .where(deliveries.c.id.in_(ids))
         .order_by(deliveries.c.id)
     )
-    return [ClaimedDelivery(delivery_id=r.id, queue_id=r.queue_id, recipient=r.recipient,
-                            domain=r.domain, mail_from=r.mail_from, attempts=r.attempts,
-                            received_at=r.received_at, stream=r.stream, list_key=r.list_key,
-                            campaign=r.campaign) for r in rows]
+    claims = [ClaimedDelivery(delivery_id=r.id, queue_id=r.queue_id, recipient=r.recipient,
+                              domain=r.domain, mail_from=r.mail_from, attempts=r.attempts,
+                              received_at=r.received_at, stream=r.stream, list_key=r.list_key,
+                              campaign=r.campaign) for r in rows]
+    blocked = await _blocked_by_suppression(conn, claims, now)
+    if blocked:
+        await _finish_claimed(conn, node, [c for c in claims if c.delivery_id in blocked], blocked, now)
+    return [c for c in claims if c.delivery_id not in blocked]
+
+
+def blocking_reason(reasons: Iterable[str], stream: str) -> str | None:
+    """The global suppression reason that forbids a copy of ``stream``, if any (pure): the
+    same reasons intake refuses at RCPT (gateway/ingest/rules.py) - any of them for
+    marketing, only those that hold for every stream (hard-bounce, complaint ...) otherwise."""
+    found = sorted(set(reasons))
+    holding = found if stream == "marketing" else [r for r in found if r in ANY_STREAM_REASONS]
+    return holding[0] if holding else None
+
+
+async def _blocked_by_suppression(conn: AsyncConnection, claims: Sequence[ClaimedDelivery],
+                                  now: datetime) -> dict[int, str]:
+    """Claimed copies whose address was suppressed after they were queued (a hard bounce
+    of another copy, a complaint): delivery id -> why. One indexed read for the batch."""
+    if not claims:
+        return {}
+    digests = {c.delivery_id: address_hash(c.recipient) for c in claims}
+    reasons: dict[str, list[str]] = {}
+    unique = sorted(set(digests.values()))
+    for start in range(0, len(unique), consent_store.IN_BATCH):
+        rows = await conn.execute(
+            select(suppressions.c.address_hash, suppressions.c.reason)
+            .where(suppressions.c.address_hash.in_(unique[start:start + consent_store.IN_BATCH]),
+                   suppressions.c.scope == "global", suppressions.c.scope_key == "",
+                   or_(suppressions.c.expires_at.is_(None), suppressions.c.expires_at > now)))
+        for row in rows:
+            reasons.setdefault(row.address_hash, []).append(row.reason)
+    blocked: dict[int, str] = {}
+    for claim in claims:
+        reason = blocking_reason(reasons.get(digests[claim.delivery_id], ()), claim.stream)
+        if reason is not None:
+            blocked[claim.delivery_id] = f"suppressed: {reason}"
+    return blocked
+
+
+async def _finish_claimed(conn: AsyncConnection, node: str, claims: Sequence[ClaimedDelivery],
+                          replies: dict[int, str], now: datetime) -> None:
+    """Finish copies this transaction just claimed as suppressed, without an attempt."""
+    await conn.execute(
+        update(deliveries).where(deliveries.c.id == bindparam("b_id"), deliveries.c.claimed_by == node)
+        .values(state=DeliveryState.SUPPRESSED.value, last_reply=bindparam("b_reply"), updated_at=now,
+                claimed_by=None, lease_until=None),
+        [{"b_id": c.delivery_id, "b_reply": replies[c.delivery_id]} for c in claims])
+    await conn.execute(insert(events), [
+        {"at": now, "kind": DeliveryState.SUPPRESSED.value, "queue_id": c.queue_id,
+         "delivery_id": c.delivery_id, "recipient": c.recipient, "reply": replies[c.delivery_id]}
+        for c in claims])
+    await _drop_finished_bodies(conn, {c.queue_id for c in claims})
 
 
 async def load_bodies(conn: AsyncConnection, queue_ids: Iterable[str]) -> dict[str, bytes]:
@@ -129,8 +189,14 @@ async def load_bodies(conn: AsyncConnection, queue_ids: Iterable[str]) -> dict[s
     return {row.queue_id: row.body for row in rows if row.body is not None}
 
 
-async def record_outcomes(conn: AsyncConnection, node: str, outcomes: Sequence[Outcome]) -> int:
-    """Apply attempt results; a row whose lease moved to another node is left alone."""
+async def record_outcomes(conn: AsyncConnection, node: str, outcomes: Sequence[Outcome], *,
+                          soft_rule: SoftBounceRule = DEFAULT_SOFT_RULE) -> int:
+    """Apply attempt results; a row whose lease moved to another node is left alone.
+
+    In the same transaction, the address's bounce state follows: a hard verdict suppresses
+    it globally and drops its queued mail, a final soft failure counts toward
+    ``soft_rule``, a delivery resets that count (gateway/storage/feedback_store.py).
+    """
     owned_query = select(deliveries.c.id).where(
         deliveries.c.id.in_([o.delivery_id for o in outcomes]), deliveries.c.claimed_by == node)
     if conn.dialect.name == "postgresql":
@@ -152,7 +218,96 @@ async def record_outcomes(conn: AsyncConnection, node: str, outcomes: Sequence[O
     )
     await conn.execute(insert(events), [_event_row(o) for o in applied])
     await _drop_finished_bodies(conn, {o.queue_id for o in applied if o.state.is_final})
+    await _bounce_state_or_marker(conn, applied, soft_rule)
     return len(applied)
+
+
+async def _bounce_state_or_marker(conn: AsyncConnection, applied: Sequence[Outcome],
+                                  rule: SoftBounceRule) -> None:
+    """Bounce bookkeeping in a savepoint. An outcome that cannot be recorded is retried by
+    sending the message again, so a failure here must not fail the outcomes; it must not be
+    lost either: the facts are then stored as unapplied feedback records, in the outer
+    transaction, and ``reapply_unapplied`` (run by the inbound processor) applies them later."""
+    facts = _bounce_facts(applied)
+    try:
+        async with conn.begin_nested():
+            await _bounce_state(conn, applied, facts, rule)
+    except SQLAlchemyError as exc:
+        log.error("bounce state for %d outcomes not applied now (kept for a retry): %s", len(applied),
+                  str(exc).splitlines()[0])
+        await feedback_store.store_unapplied(conn, facts)
+
+
+def _bounce_facts(applied: Sequence[Outcome]) -> list[BounceFact]:
+    # A deferral is evidence only when it is hard; otherwise the final attempt speaks.
+    return [BounceFact(o.at, o.recipient, o.verdict, "sync", o.reply or "", final=o.state.is_final,
+                       delivery_id=o.delivery_id, queue_id=o.queue_id)
+            for o in applied if o.verdict is not None and (o.state.is_final or o.verdict.is_hard)]
+
+
+async def _bounce_state(conn: AsyncConnection, applied: Sequence[Outcome], facts: Sequence[BounceFact],
+                        rule: SoftBounceRule) -> None:
+    delivered = [o.recipient for o in applied if o.state is DeliveryState.DELIVERED]
+    if delivered:
+        await feedback_store.reset_soft_bounces(conn, delivered)
+    await apply_feedback(conn, facts, rule)
+
+
+async def apply_feedback(conn: AsyncConnection, facts: Sequence[BounceFact],
+                         rule: SoftBounceRule) -> list[BounceEffect]:
+    """Bounce state for ``facts``; a hard bounce also drops the address's queued mail, a
+    soft-bounce suppression its queued marketing mail."""
+    if not facts:
+        return []
+    effects = await feedback_store.apply_bounces(conn, facts, rule)
+    for fact, effect in zip(facts, effects, strict=True):
+        if effect.hard:
+            await drop_pending_to(conn, fact.recipient, "suppressed: hard-bounce", fact.at)
+        elif effect.marketing_suppressed:
+            await suppress_pending(conn, fact.recipient, "", "suppressed: soft-bounce", fact.at)
+    return effects
+
+
+async def reapply_marker(conn: AsyncConnection, marker_id: int, rule: SoftBounceRule) -> bool:
+    """Apply one bounce fact whose bookkeeping failed with its outcome. The marker is deleted
+    in the same transaction, and only the node whose DELETE removed it applies it (so two
+    nodes sweeping at once apply it once); False when it was gone already."""
+    fact = await feedback_store.take_marker(conn, marker_id)
+    if fact is None:
+        return False
+    await apply_feedback(conn, [fact], rule)
+    return True
+
+
+async def drop_pending_to(conn: AsyncConnection, recipient: str, reason: str, now: datetime) -> int:
+    """Stop every queued copy to ``recipient``, of any stream and any letter case (the
+    address is dead); a copy being delivered right now is left to finish, as in
+    suppress_pending."""
+    return await _suppress_waiting(conn, _same_address(recipient), reason, now)
+
+
+def _same_address(recipient: str) -> Any:
+    """Through the lower(recipient) index. SQL lower() folds ASCII only on SQLite: a local
+    part with upper-case non-ASCII letters is matched as stored."""
+    return func.lower(deliveries.c.recipient) == address_key(recipient)
+
+
+async def _suppress_waiting(conn: AsyncConnection, where: Any, reason: str, now: datetime) -> int:
+    """Finish waiting copies as suppressed. The UPDATE itself repeats "pending and not
+    leased", and events are written only for the rows it changed: a copy another node
+    claimed in the meantime is left to that node."""
+    changed = list(await conn.execute(
+        update(deliveries)
+        .where(where, deliveries.c.state.in_(_PENDING), deliveries.c.claimed_by.is_(None))
+        .values(state=DeliveryState.SUPPRESSED.value, last_reply=reason, updated_at=now)
+        .returning(deliveries.c.id, deliveries.c.queue_id, deliveries.c.recipient)))
+    if not changed:
+        return 0
+    await conn.execute(insert(events), [
+        {"at": now, "kind": DeliveryState.SUPPRESSED.value, "queue_id": r.queue_id, "delivery_id": r.id,
+         "recipient": r.recipient, "reply": reason} for r in changed])
+    await _drop_finished_bodies(conn, {r.queue_id for r in changed})
+    return len(changed)
 
 
 MAX_REPLY = 2000
@@ -350,7 +505,8 @@ async def trace(conn: AsyncConnection, key: str, limit: int = 200) -> list[Trace
             select(events).where(events.c.queue_id == "", events.c.recipient == key)
             .order_by(events.c.id).limit(limit))]
     if not queue_ids:
-        return refused
+        return sorted(refused + await _feedback_rows(conn, key if by_recipient is not None else None,
+                                                     queue_ids, limit), key=lambda row: row.at)
     received = await conn.execute(
         select(messages.c.queue_id, messages.c.received_at, messages.c.mail_from,
                messages.c.client_ip, messages.c.recipient_count, messages.c.header_message_id)
@@ -366,8 +522,16 @@ async def trace(conn: AsyncConnection, key: str, limit: int = 200) -> list[Trace
         source = f" from {e.source_ip}" if e.source_ip else ""
         out.append(TraceRow(e.at, e.queue_id, e.recipient, e.kind, f"{e.reply}{where}{source}"))
     out.extend(refused)
+    out.extend(await _feedback_rows(conn, key if by_recipient is not None else None, queue_ids, limit))
     out.sort(key=lambda row: (row.at, row.kind != "received"))
     return out
+
+
+async def _feedback_rows(conn: AsyncConnection, recipient: str | None, queue_ids: set[str],
+                         limit: int) -> list[TraceRow]:
+    """Each bounce and complaint explained: class, rule, evidence and what was done."""
+    found = await feedback_store.trace_rows(conn, recipient=recipient, queue_ids=queue_ids, limit=limit)
+    return [TraceRow(r.at, r.queue_id, r.recipient, r.kind, r.detail) for r in found]
 
 
 async def suppress_pending(conn: AsyncConnection, recipient: str, list_key: str, reason: str,
@@ -381,11 +545,8 @@ async def suppress_pending(conn: AsyncConnection, recipient: str, list_key: str,
     marketing = select(messages.c.queue_id).where(messages.c.stream == "marketing")
     if list_key:
         marketing = marketing.where(messages.c.list_key == list_key)
-    rows = list(await conn.execute(
-        select(deliveries.c.id, deliveries.c.queue_id, deliveries.c.recipient)
-        .where(deliveries.c.recipient == recipient, deliveries.c.state.in_(_PENDING),
-               deliveries.c.claimed_by.is_(None), deliveries.c.queue_id.in_(marketing.scalar_subquery()))))
-    return await _finish_pending(conn, rows, DeliveryState.SUPPRESSED, reason, now)
+    where = and_(_same_address(recipient), deliveries.c.queue_id.in_(marketing.scalar_subquery()))
+    return await _suppress_waiting(conn, where, reason, now)
 
 
 @dataclass(frozen=True)
@@ -410,6 +571,43 @@ async def new_inbound(conn: AsyncConnection, *, recipients_like: str | None = No
     return [InboundRow(r.id, r.received_at, tuple(r.recipients.split("\n")), r.client_ip) for r in rows]
 
 
-async def mark_inbound(conn: AsyncConnection, ids: Sequence[int], state: str) -> None:
-    if ids:
-        await conn.execute(update(inbound).where(inbound.c.id.in_(list(ids))).values(state=state))
+async def inbound_body(conn: AsyncConnection, inbound_id: int) -> bytes:
+    row = (await conn.execute(select(inbound.c.body).where(inbound.c.id == inbound_id))).first()
+    return bytes(row.body) if row is not None else b""
+
+
+async def recent_delivery_to(conn: AsyncConnection, recipient: str, since: datetime,
+                             message_id: str = "") -> tuple[DeliveryRef, bool] | None:
+    """The copy sent (or tried) to ``recipient`` since ``since`` that a report naming only an
+    address is about, and whether the report's original Message-ID is that message's: the
+    copy with that Message-ID if there is one, else the latest (False). Copies never
+    attempted prove nothing."""
+    query = (select(deliveries.c.id, deliveries.c.queue_id, deliveries.c.recipient, messages.c.list_key,
+                    messages.c.campaign)
+             .join(messages, messages.c.queue_id == deliveries.c.queue_id)
+             .where(_same_address(recipient), deliveries.c.attempts > 0, deliveries.c.updated_at >= since)
+             .order_by(deliveries.c.id.desc()).limit(1))
+    bare = message_id.strip().strip("<>").strip()
+    if bare:
+        row = (await conn.execute(query.where(messages.c.header_message_id.in_([bare, f"<{bare}>"])))).first()
+        if row is not None:
+            return DeliveryRef(row.id, row.queue_id, row.recipient, row.list_key, row.campaign), True
+    row = (await conn.execute(query)).first()
+    if row is None:
+        return None
+    return DeliveryRef(row.id, row.queue_id, row.recipient, row.list_key, row.campaign), False
+
+
+async def begin_inbound_attempt(conn: AsyncConnection, inbound_id: int) -> int:
+    """Count one more processing attempt of a new row; returns the count (0: not new any more)."""
+    row = (await conn.execute(update(inbound).where(inbound.c.id == inbound_id, inbound.c.state == "new")
+                              .values(attempts=inbound.c.attempts + 1).returning(inbound.c.attempts))).first()
+    return int(row.attempts) if row is not None else 0
+
+
+async def finish_inbound(conn: AsyncConnection, inbound_id: int, state: str) -> bool:
+    """Give a new row its final state; False when another node (or an earlier try) already
+    did, in which case the caller must not apply the row's effects."""
+    changed = await conn.execute(update(inbound).where(inbound.c.id == inbound_id, inbound.c.state == "new")
+                                 .values(state=state).returning(inbound.c.id))
+    return changed.first() is not None

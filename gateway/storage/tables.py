@@ -21,6 +21,8 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    func,
+    true,
 )
 
 
@@ -127,6 +129,8 @@ inbound = Table(
     Column("client_ip", String(45), nullable=False),
     Column("body", LargeBinary, nullable=False),
     Column("state", String(16), nullable=False),
+    # Processing attempts: a row that keeps failing is marked failed (docs/feedback.md).
+    Column("attempts", Integer, nullable=False, default=0, server_default="0"),
     Index(None, "state"),
 )
 
@@ -212,4 +216,106 @@ marketing_sends = Table(
     Column("address_hash", String(64), primary_key=True),
     Column("list_key", String(64), primary_key=True),
     Column("last_at", UTCDateTime(), nullable=False),
+)
+
+# -- bounces, complaints and webhooks (issue 8) -------------------------------------------
+# See docs/feedback.md. Addresses are matched by address_hash, as for suppressions.
+
+# Soft bounces counted toward a temporary suppression, per address; a delivery deletes the row.
+soft_bounces = Table(
+    "soft_bounces",
+    metadata,
+    Column("address_hash", String(64), primary_key=True),
+    Column("bounces", Integer, nullable=False),
+    Column("first_at", UTCDateTime(), nullable=False),
+    Column("last_at", UTCDateTime(), nullable=False),
+)
+
+# Every bounce and complaint the gateway read, with what it concluded and did: what
+# `gateway trace ADDRESS` shows as the explanation (class, rule, evidence).
+feedback_records = Table(
+    "feedback_records",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("address", String(320)),
+    Column("address_hash", String(64), nullable=False),
+    Column("kind", String(16), nullable=False),  # bounce | complaint
+    Column("source", String(16), nullable=False),  # sync | dsn | arf
+    Column("bounce_class", String(32), nullable=False),
+    Column("severity", String(8), nullable=False),  # hard | soft
+    Column("rule", String(128), nullable=False),
+    Column("status", String(16), nullable=False, default=""),
+    Column("action", String(200), nullable=False),  # what the gateway did about it
+    Column("counted", Boolean, nullable=False, default=False),  # toward the soft-bounce limit
+    Column("evidence", Text, nullable=False),
+    Column("delivery_id", Id),
+    Column("queue_id", String(26)),
+    Column("list_key", String(64), nullable=False, default=""),
+    Column("campaign", String(64), nullable=False, default=""),
+    Column("provider", String(64), nullable=False, default=""),
+    Column("inbound_id", Id),
+    # False: bounce bookkeeping that failed with its outcome, to be applied again by a sweeper.
+    Column("applied", Boolean, nullable=False, default=True, server_default=true()),
+    Index(None, "address_hash"),
+    Index(None, "delivery_id"),
+)
+
+# Deliveries whose soft bounce was counted: the primary key makes "count once" race-free.
+soft_bounce_deliveries = Table(
+    "soft_bounce_deliveries",
+    metadata,
+    Column("delivery_id", Id, primary_key=True),
+    Column("at", UTCDateTime(), nullable=False),
+)
+
+# Queued mail to an address is found case-insensitively (a bounce for Gone@Example.net
+# stops mail to gone@example.net): an expression index, on SQLite and PostgreSQL alike.
+Index("ix_deliveries_lower_recipient", func.lower(deliveries.c.recipient))
+
+# Webhooks follow the events table: a cursor per webhook, and an outbox of the events
+# still to POST (deleted once the receiver took them), sent in order per order_key.
+webhook_cursors = Table(
+    "webhook_cursors",
+    metadata,
+    Column("webhook", String(64), primary_key=True),
+    Column("last_event_id", Id, nullable=False),
+)
+
+webhook_outbox = Table(
+    "webhook_outbox",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("webhook", String(64), nullable=False),
+    Column("event_id", Id, nullable=False),
+    Column("order_key", String(64), nullable=False),  # the recipient's hash (or the queue id)
+    Column("payload", Text, nullable=False),  # the JSON body, fixed when the event was queued
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UTCDateTime(), nullable=False),
+    Column("last_error", Text),
+    Column("state", String(16), nullable=False, default="waiting", server_default="waiting"),  # or parked
+    Column("created_at", UTCDateTime(), nullable=False),
+    Index(None, "webhook", "order_key", "id"),
+    Index(None, "webhook", "state", "next_attempt_at", "id"),
+)
+
+# -- per-ISP shaping (issue 7) ----------------------------------------------------------------
+# Warm-up memory that must survive a restart: today's sends per source IP and provider (so a
+# restart does not reset the daily cap) and the days a schedule was held back by bad health.
+warmup_sends = Table(
+    "warmup_sends",
+    metadata,
+    Column("source_ip", String(45), primary_key=True),
+    Column("provider", String(64), primary_key=True),
+    Column("day", String(10), primary_key=True),  # ISO date, UTC
+    Column("sent", Integer, nullable=False),
+)
+
+warmup_holds = Table(
+    "warmup_holds",
+    metadata,
+    Column("source_ip", String(45), primary_key=True),
+    Column("provider", String(64), primary_key=True),
+    Column("held_days", Integer, nullable=False),
+    Column("decided_on", String(10), nullable=False),  # ISO date of the last decision
 )

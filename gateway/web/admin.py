@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from ipaddress import IPv4Network, IPv6Network
 
 import uvicorn
 from fastapi import FastAPI, Response
@@ -47,7 +48,11 @@ class EmbeddedServer(uvicorn.Server):
         return None
 
 
-def embedded_server(app: FastAPI, endpoint: HostPort) -> EmbeddedServer:
+def embedded_server(app: FastAPI, endpoint: HostPort,
+                    trusted_proxies: Sequence[IPv4Network | IPv6Network] = ()) -> EmbeddedServer:
+    """X-Forwarded-For is believed only from ``trusted_proxies`` ([http] trusted_proxies);
+    without them it is ignored, since any client can send it."""
     config = uvicorn.Config(app, host=endpoint.host, port=endpoint.port, log_level="warning",
-                            access_log=False, lifespan="off")
+                            access_log=False, lifespan="off", proxy_headers=bool(trusted_proxies),
+                            forwarded_allow_ips=[str(network) for network in trusted_proxies] or "")
     return EmbeddedServer(config)

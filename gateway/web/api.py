@@ -45,10 +45,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.config.units import KEY_RULE, is_key
-from gateway.ingest import hygiene
+from gateway.ingest import double_opt_in, hygiene
 from gateway.ingest.addresses import address_hash, normalize_recipient
 from gateway.ingest.rules import DEFAULT_ROLE_LOCAL_PARTS, FREQUENCIES, SUPPRESSION_REASONS
-from gateway.rewrite.tokens import BadToken, Binding, Purpose, TokenCodec
+from gateway.rewrite.tokens import Binding, Purpose, TokenCodec
 from gateway.storage import consent_store
 from gateway.storage.consent_store import ContactRow
 from gateway.storage.database import Database
@@ -676,38 +676,13 @@ def admin_api(ctx: ApiContext) -> FastAPI:
     @app.post("/consents/confirm", response_model=ConsentResult, responses={**BAD_TOKEN, **INVALID},
               summary="confirm a double opt-in with its token; the token is kept as the proof")
     async def confirm_consent(body: ConfirmIn) -> ConsentResult:
-        try:
-            parts = ctx.codec.parse(body.token)
-        except BadToken:
-            raise ApiError(400, CONFIRM_ERROR) from None
-        now = ctx.clock()
-
-        async def confirm(conn: AsyncConnection) -> ConsentResult | None:
-            contact = await consent_store.contact_by_id(conn, parts.delivery_id)
-            if contact is None or contact.address is None:
-                return None
-            try:
-                ctx.codec.verify(parts, Purpose.CONFIRM, Binding(contact.address, body.list_key))
-            except BadToken:
-                return None
-            current = await consent_store.consent_for(conn, contact.id, body.list_key)
-            if current is None:
-                return None
-            result = ConsentResult(address=contact.address, list_key=body.list_key, status="confirmed",
-                                   frequency=current.frequency)
-            if current.status == "confirmed":
-                return result  # a second click (or a mail scanner's) changes nothing
-            if current.status != "pending" or now - current.updated_at > ctx.confirm_window:
-                return None
-            await consent_store.record_consent(conn, consent_store.ConsentChange(
-                contact.id, contact.address_hash, body.list_key, "confirmed", "api", now,
-                frequency=current.frequency, ip=body.ip, user_agent=body.user_agent, proof=body.token))
-            return result
-
-        result = await db.write(confirm)
-        if result is None:
+        evidence = double_opt_in.Evidence("api", ctx.clock(), body.ip, body.user_agent)
+        done = await db.write(lambda conn: double_opt_in.confirm(
+            conn, ctx.codec, body.token, body.list_key, evidence, ctx.confirm_window))
+        if done is None or done.contact.address is None:
             raise ApiError(400, CONFIRM_ERROR)
-        return result
+        return ConsentResult(address=done.contact.address, list_key=done.list_key, status="confirmed",
+                             frequency=done.frequency)
 
     @app.post("/consents/withdraw", response_model=ConsentResult, responses={**NOT_FOUND, **INVALID},
               summary="withdraw consent for a list")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import smtplib
 import socket
@@ -43,6 +44,7 @@ def _write_config(tmp_path: Path, smtp_port: int, admin_port: int, sink_port: in
     policy.mkdir()
     (policy / "providers.toml").write_text(
         '[providers.default]\nretry_first = "1s"\nretry_max = "2s"\nidle_close = "1s"\n')
+    shutil.copy(Path(__file__).parents[2] / "policies" / "bounces.toml", policy)  # the shipped rules
     config = tmp_path / "gateway.toml"
     config.write_text(f"""
 [smtp]

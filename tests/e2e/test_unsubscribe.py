@@ -1,5 +1,7 @@
 """The one-click loop over real sockets: a campaign copy's List-Unsubscribe URL, POSTed as
-Gmail does, unsubscribes the person at once; the next message to that list is refused."""
+Gmail does, unsubscribes the person at once; the next message to that list is refused. The
+same link's preference page, in each shipped language, keeps some topics and changes the
+frequency."""
 
 from __future__ import annotations
 
@@ -53,7 +55,7 @@ async def test_one_click_unsubscribes_at_once_and_idempotently(start_gateway: St
         page = await web.get(path)  # what a mail scanner does: nothing changes
         assert page.status_code == 200 and "Spring" not in page.text and "Unsubscribe" in page.text
         assert "ann@example.net" not in page.text
-        assert page.headers["referrer-policy"] == "no-referrer"
+        assert page.headers["referrer-policy"] == "same-origin"  # never the token to another site
         assert "default-src 'none'" in page.headers["content-security-policy"]
         first = await web.post(path, **ONE_CLICK)
         again = await web.post(path, **ONE_CLICK)
@@ -82,7 +84,8 @@ async def test_queued_mail_to_the_list_is_dropped_by_an_unsubscribe(start_gatewa
     async with httpx.AsyncClient(base_url=base) as web:
         assert (await web.post(path, **ONE_CLICK)).status_code == 200
     rows = await running.wait_for_event("cid@example.net", "suppressed")
-    assert rows[-1].detail.startswith("suppressed: unsubscribe")
+    assert [r.detail for r in rows if r.kind == "suppressed"][-1].startswith("suppressed: unsubscribe")
+    assert [r.kind for r in rows].count("unsubscribed") == 1  # written after the drops, once
     assert await running.gateway.db.read(queue_store.count_pending) == {}
 
 
@@ -129,3 +132,43 @@ async def test_a_person_who_signs_up_again_gets_mail_again(start_gateway: StartG
     await running.consent("news", "fay@example.net")  # a new, confirmed sign-up
     assert await asyncio.to_thread(send, running.port, ["fay@example.net"], message(campaign="three")) == {}
     await running.sink.wait_for(2, timeout=15)
+
+
+TITLES = {"en": "Your email preferences", "de": "Ihre E-Mail-Einstellungen", "es": "Sus preferencias de correo electrónico",
+          "ms": "Pilihan e-mel anda", "zh_Hans": "您的邮件订阅设置"}
+SAVED = {"en": "Your preferences have been saved.", "de": "Ihre Einstellungen wurden gespeichert.",
+         "es": "Sus preferencias se han guardado.", "ms": "Pilihan anda telah disimpan.", "zh_Hans": "您的设置已保存。"}
+
+
+async def test_the_preference_page_keeps_some_topics_and_changes_frequency_in_five_languages(
+        start_gateway: StartGateway) -> None:
+    running, base = await start(start_gateway)
+    await running.consent("news", "gus@example.net", frequency="monthly")
+    await running.consent("offers", "gus@example.net", frequency="monthly")
+    await asyncio.to_thread(send, running.port, ["gus@example.net"], message(campaign="one"))
+    await running.sink.wait_for(1, timeout=15)
+    path = unsubscribe_path(running.sink.messages[0].data).replace("/u/", "/preferences/")
+    frequencies = {"en": "daily", "de": "weekly", "es": "biweekly", "ms": "quarterly", "zh_Hans": "monthly"}
+    async with httpx.AsyncClient(base_url=base) as web:
+        for code, frequency in frequencies.items():
+            page = await web.get(path, params={"lang": code})
+            assert f"<h1>{TITLES[code]}</h1>" in page.text
+            csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+            assert csrf
+            saved = await web.post(path, data={"csrf": csrf.group(1), "lang": code, "shown": ["news", "offers"],
+                                               "topic": "news", "frequency": frequency})
+            assert saved.status_code == 200 and SAVED[code] in saved.text
+            consents = await running.gateway.db.read(lambda c: _consents(c, "gus@example.net"))
+            assert consents == {"news": ("confirmed", frequency), "offers": ("withdrawn", "monthly")}
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        await asyncio.to_thread(send, running.port, ["gus@example.net"], message(list_key="offers", campaign="two"))
+    assert refused.value.smtp_error == b"5.7.1 <gus@example.net>: recipient suppressed (unsubscribe)"
+
+
+async def _consents(conn: Any, address: str) -> dict[str, tuple[str, str | None]]:
+    from gateway.ingest.addresses import address_hash
+    from gateway.storage import consent_store
+
+    contact = await consent_store.contact_by_hash(conn, address_hash(address))
+    assert contact is not None
+    return {c.list_key: (c.status, c.frequency) for c in await consent_store.consents_of(conn, contact.id)}

@@ -148,7 +148,7 @@ def test_suppress_import_and_export_round_trip(gw: Gateway, tmp_path: Path) -> N
     assert [row[-2:] for row in read_csv(tmp_path / "supp.rejects.csv")] == [
         ["line", "reason"],
         ["6", "bad reason 'bored': expected one of hard-bounce, complaint, unsubscribe, manual, import, "
-              "role-account, spam-trap"],
+              "role-account, spam-trap, soft-bounce"],
         ["7", "bad address_hash: expected 64 hex digits (SHA-256 of the lower-cased address)"],
         ["8", "bad address syntax: 'also bad'"],
     ]

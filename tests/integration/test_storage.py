@@ -29,6 +29,10 @@ def _message(n: int, recipients: tuple[str, ...] = ("a@one.example", "b@two.exam
                       header_message_id=f"<{n}@example.com>")
 
 
+# SQLite's reflection cannot read the expression index on lower(recipient) (migration 0004)
+# and says so; alembic then leaves that index out of the comparison.
+@pytest.mark.filterwarnings("ignore:Skipped unsupported reflection of expression-based index")
+@pytest.mark.filterwarnings("ignore:autogenerate skipping metadata-specified expression-based index")
 async def test_migrations_match_the_table_definitions(db_url: str) -> None:
     db = Database(db_url)
     async with db.engine.connect() as conn:

@@ -144,7 +144,7 @@ def test_suppression_rows() -> None:
                                                            "campaign")
     assert row("x@example.org", "", "", "", "bored") == Rejected(
         9, "bad reason 'bored': expected one of hard-bounce, complaint, unsubscribe, manual, import, role-account, "
-           "spam-trap")
+           "spam-trap, soft-bounce")
     assert row("x@example.org", "", "", "", "", "later") == Rejected(
         9, "bad expiry 'later': expected a duration (30d, 12h) or an ISO 8601 time")
     hashed_only = csv_import.suppression_columns(["address_hash"])

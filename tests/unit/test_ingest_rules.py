@@ -48,7 +48,7 @@ EARLIER = NOW - timedelta(days=30)
 # A double opt-in newsletter, and a list of receipts that needs no consent.
 GARDEN = ListInfo("garden-tips", "marketing", double_opt_in=True)
 RECEIPTS = ListInfo("receipts", "transactional", double_opt_in=False)
-MARKETING_ONLY_REASONS = ("unsubscribe", "role-account")
+MARKETING_ONLY_REASONS = ("unsubscribe", "role-account", "soft-bounce")
 
 
 def marketing(**changes: Any) -> Facts:
