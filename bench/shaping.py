@@ -6,11 +6,13 @@ whole pool with ``provider_max_message_rate``), one is bound by connections only
 answers), one is unlimited. Messages are split so that the rate-bound providers finish at
 about the same time. For each provider the bench reports the measured delivered/s (after
 the first second, so the buckets' initial burst does not count), the configured limit, the
-ratio, and the highest count seen in any one-second window against the limit plus burst.
+ratio, and the highest count seen in any one-second window against the limit plus burst;
+and the database writes per delivered message (statements, and rows: an executemany counts
+each row), which postponements that come back too early inflate.
 
 Prints one JSON object and a summary line:
     python -m bench.shaping                     # 5,000 messages, ~25 s
-    python -m bench.shaping --messages 50000    # ~4 min
+    python -m bench.shaping --messages 50000    # ~5 min
 """
 
 from __future__ import annotations
@@ -28,12 +30,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
 from gateway.config.policy import Policy
 from gateway.config.schema import Settings
 from gateway.runtime import Gateway
 from gateway.sandbox.dnsserver import LoopbackDnsServer
 from gateway.sandbox.sink import ReceivedMessage, ReplyScript, SinkServer
 from gateway.storage.migrate import upgrade
+
+
+class WriteCounter:
+    """Counts write statements and the rows they carry (an executemany counts each row)."""
+
+    def __init__(self) -> None:
+        self.statements = 0
+        self.rows = 0
+
+    def __call__(self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any,
+                 executemany: bool) -> None:
+        if statement.lstrip()[:6].upper() in ("INSERT", "UPDATE", "DELETE"):
+            self.statements += 1
+            self.rows += len(parameters) if executemany else 1
+
 
 POOL = ("127.0.0.10", "127.0.0.11", "127.0.0.12", "127.0.0.13")
 
@@ -105,6 +125,8 @@ async def _run(total: int, root: Path) -> dict[str, Any]:
     await upgrade(settings.storage.url)
     gateway = Gateway(settings, _policy())
     await gateway.start()
+    writes = WriteCounter()
+    event.listen(Engine, "before_cursor_execute", writes)
     counts = {p.name: max(1, round(total * p.share)) for p in PROVIDERS}
     started = time.time()
     try:
@@ -113,14 +135,18 @@ async def _run(total: int, root: Path) -> dict[str, Any]:
         for name, sink in sinks.items():
             await sink.wait_for(counts[name], timeout=60 + total / 20)
     finally:
+        event.remove(Engine, "before_cursor_execute", writes)
         await gateway.stop()
         await dns.stop()
         for sink in sinks.values():
             await sink.stop()
     report = {p.name: _measure(p, sinks[p.name], counts[p.name]) for p in PROVIDERS}
+    delivered = sum(r["delivered"] for r in report.values())
     return {"bench": "shaping", "messages": sum(counts.values()), "machine": platform.processor() or
             platform.machine(), "python": platform.python_version(),
             "submit_s": round(accepted - started, 2), "total_s": round(time.time() - started, 2),
+            "db_write_statements_per_delivered": round(writes.statements / delivered, 3),
+            "db_rows_written_per_delivered": round(writes.rows / delivered, 3),
             "providers": report}
 
 
@@ -184,7 +210,9 @@ def main() -> None:
     broken = [name for name, r in result["providers"].items()
               if r.get("exceeded") or r["exceeded_connections"]]
     print(f"shaping: {result['messages']} messages in {result['total_s']}s; delivered/s vs limit: "
-          f"{', '.join(bound)}; limits exceeded: {', '.join(broken) or 'none'}")
+          f"{', '.join(bound)}; limits exceeded: {', '.join(broken) or 'none'}; DB writes per delivered "
+          f"message: {result['db_write_statements_per_delivered']} statements, "
+          f"{result['db_rows_written_per_delivered']} rows")
 
 
 if __name__ == "__main__":

@@ -110,6 +110,8 @@ class Outcome:
     source_ip: str | None = None
     # The bounce classifier's reading of a failed attempt's reply (None when delivered).
     verdict: Verdict | None = None
+    # The provider profile the attempt (or postponement) was routed to; "" when not shaped.
+    provider: str = ""
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,12 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.config.loader import load_settings
 from gateway.config.policy import Policy, ProviderProfile, load_policy
@@ -23,6 +26,10 @@ from gateway.shaping.rates import Rate
 from gateway.shaping.router import Router, SourceIp, utc_day
 from gateway.shaping.store import MemoryThrottleStore
 from gateway.shaping.warmup import day_index
+from gateway.storage import shaping_store
+from gateway.storage.database import create_engine
+
+WarmupState = tuple[dict[shaping_store.WarmupKey, int], dict[shaping_store.WarmupKey, tuple[int, date]]]
 
 AddConfig = Callable[[argparse.ArgumentParser], None]
 
@@ -121,8 +128,9 @@ def _test(settings: Settings, policy: Policy, address: str, stream: str, mx: Seq
     binding = "provider binding" if profile.pool == route.pool.name else f"stream {stream}"
     print(f"pool:     {route.pool.name} ({binding})")
     today = utc_day(time.time())
+    state = _warmup_state(settings, today) if any(ip.warmup_start for ip in route.pool.ips) else ({}, {})
     for ip in route.pool.ips:
-        warmup = _warmup(policy, ip, route.provider, today)
+        warmup = _warmup(policy, ip, route.provider, today, state)
         print(f"  {ip.address or '(OS default)'} helo {ip.helo} weight {ip.weight}{warmup}")
     print(f"limits:   {profile.connection_limit} connections and "
           f"{profile.max_message_rate or 'unlimited'} per source IP; provider-wide "
@@ -136,13 +144,45 @@ def _test(settings: Settings, policy: Policy, address: str, stream: str, mx: Seq
     return 0
 
 
-def _warmup(policy: Policy, ip: SourceIp, provider: str, today: Any) -> str:
+def _warmup(policy: Policy, ip: SourceIp, provider: str, today: date, state: WarmupState) -> str:
     schedule = policy.warmup.schedule(provider)
     if ip.warmup_start is None or schedule is None:
         return " (warm)"
-    day = day_index(ip.warmup_start, today)
-    cap = schedule.cap(day)
-    return f" (warm-up day {day}: {'unlimited' if cap is None else cap} to {provider} today)"
+    sends, holds = state
+    held, decided_on = holds.get((ip.key, provider), (0, None))
+    sent = f", {sends[(ip.key, provider)]} sent" if (ip.key, provider) in sends else ""
+    if decided_on is not None and decided_on >= today:  # the decision counts from tomorrow
+        day = day_index(ip.warmup_start, today + timedelta(days=1), held)
+        return (f" (warm-up held back today{sent}: from tomorrow day {day}: "
+                f"{_cap_text(schedule.cap(day))} to {provider}, {held} day(s) held back)")
+    day = day_index(ip.warmup_start, today, held)
+    hold = f"; {held} day(s) held back since {decided_on}" if decided_on is not None else ""
+    return f" (warm-up day {day}: {_cap_text(schedule.cap(day))} to {provider} today{sent}{hold})"
+
+
+def _cap_text(cap: int | None) -> str:
+    return "unlimited" if cap is None else str(cap)
+
+
+def _warmup_state(settings: Settings, today: date) -> WarmupState:
+    """Today's warm-up sends and the held-back schedules the running gateway saved."""
+    async def read() -> WarmupState:
+        engine = create_engine(settings.storage.url)
+        try:
+            async with engine.connect() as conn:
+                return await shaping_store.load_warmup(conn, today)
+        finally:
+            await engine.dispose()
+
+    url = make_url(settings.storage.url)
+    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
+        print(f"note: no database at {url.database} yet; showing the plain schedule")
+        return {}, {}
+    try:
+        return asyncio.run(read())
+    except SQLAlchemyError as exc:
+        print(f"note: warm-up state not read ({str(exc).splitlines()[0]}); showing the plain schedule")
+        return {}, {}
 
 
 def _lookup_mx(settings: Settings, domain: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""`gateway queue list|retry|purge` and `gateway trace`: read and steer the queue."""
+"""`gateway queue list|show|retry|purge` and `gateway trace`: read and steer the queue."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.config.loader import load_settings
+from gateway.records import PENDING_STATES
 from gateway.storage import queue_store
 from gateway.storage.database import create_engine
 
@@ -23,6 +24,10 @@ def add_parsers(verbs: Any, add_config: AddConfig) -> None:
     actions = queue.add_subparsers(dest="queue_verb", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="pending deliveries, soonest due first")
     listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--provider", metavar="NAME",
+                         help="only deliveries last routed to this provider profile (e.g. gmail)")
+    listing.add_argument("--state", choices=[s.value for s in sorted(PENDING_STATES)],
+                         help="only queued (not tried yet) or deferred (waiting for a retry) deliveries")
     for name, text in (("retry", "make pending deliveries due now"),
                        ("purge", "give up on pending deliveries (they become expired)")):
         action = actions.add_parser(name, help=text)
@@ -30,6 +35,9 @@ def add_parsers(verbs: Any, add_config: AddConfig) -> None:
     for action in actions.choices.values():
         add_config(action)
         action.add_argument("--domain", help="only recipients at this domain")
+    show = actions.add_parser("show", help="one message and each of its deliveries, in any state")
+    show.add_argument("queue_id", metavar="QUEUE-ID")
+    add_config(show)
     trace = verbs.add_parser("trace", help="every recorded step of a message or an address")
     trace.add_argument("key", metavar="ID-or-ADDRESS",
                        help="queue id, Message-ID header value, or recipient address")
@@ -44,8 +52,12 @@ def run(args: argparse.Namespace) -> int:
     if args.queue_verb == "list":
         if args.limit < 1:
             raise ValueError("--limit must be at least 1")
-        return _print_list(_with_db(settings.storage.url, lambda c: queue_store.list_pending(
-            c, domain=args.domain, limit=args.limit)))
+        states = [args.state] if args.state else [s.value for s in PENDING_STATES]
+        return _print_list(_with_db(settings.storage.url, lambda c: queue_store.list_queue(
+            c, domain=args.domain, provider=args.provider, states=states, limit=args.limit)))
+    if args.queue_verb == "show":
+        return _print_message(_with_db(settings.storage.url,
+                                       lambda c: queue_store.show_message(c, args.queue_id)), args.queue_id)
     now = datetime.now(UTC)
     change = queue_store.retry_now if args.queue_verb == "retry" else queue_store.purge
     count = _with_db(settings.storage.url, lambda c: change(
@@ -65,16 +77,37 @@ def _with_db(url: str, op: Callable[[AsyncConnection], Awaitable[T]], *, write: 
     return asyncio.run(go())
 
 
-def _print_list(entries: list[queue_store.QueueEntry]) -> int:
+_NO_PROVIDER = "-"  # not routed yet: no attempt or postponement so far
+
+
+def _print_list(entries: list[queue_store.DeliveryView]) -> int:
     if not entries:
         print("queue is empty")
         return 0
-    print(f"{'QUEUE ID':26}  {'STATE':8}  {'TRIES':>5}  {'NEXT ATTEMPT (UTC)':19}  RECIPIENT / LAST REPLY")
+    print(f"{'QUEUE ID':26}  {'STATE':8}  {'TRIES':>5}  {'PROVIDER':12}  {'NEXT ATTEMPT (UTC)':19}  "
+          "RECIPIENT / LAST REPLY")
     for e in entries:
-        print(f"{e.queue_id:26}  {e.state:8}  {e.attempts:>5}  "
+        print(f"{e.queue_id:26}  {e.state:8}  {e.attempts:>5}  {e.provider or _NO_PROVIDER:12}  "
               f"{e.next_attempt_at:%Y-%m-%d %H:%M:%S}  {e.recipient}")
         if e.last_reply:
-            print(f"{'':66}{e.last_reply[:120]}")
+            print(f"{'':80}{e.last_reply[:120]}")
+    return 0
+
+
+def _print_message(message: queue_store.MessageView | None, queue_id: str) -> int:
+    if message is None:
+        print(f"no message with queue id {queue_id}")
+        return 1
+    print(f"queue id: {message.queue_id}")
+    print(f"received: {message.received_at:%Y-%m-%d %H:%M:%S} UTC from <{message.mail_from}>, "
+          f"stream {message.stream}, {len(message.deliveries)} recipient(s)")
+    for d in message.deliveries:
+        pending = d.state in {s.value for s in PENDING_STATES}
+        when = f"next attempt {d.next_attempt_at:%Y-%m-%d %H:%M:%S} UTC" if pending else "final"
+        print(f"  {d.recipient}: {d.state}, {d.attempts} attempt(s), provider "
+              f"{d.provider or _NO_PROVIDER}, {when}")
+        if d.last_reply:
+            print(f"    last reply: {d.last_reply[:300]}")
     return 0
 
 

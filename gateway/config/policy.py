@@ -13,10 +13,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from functools import lru_cache
+from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, PrivateAttr, field_validator, model_validator
+from pydantic import BeforeValidator, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from gateway.config.loader import ConfigError, read_toml, validate_layers
 from gateway.config.schema import Duration, Strict
@@ -84,6 +86,8 @@ class RuleSpec(Strict):
             raise ValueError("action throttle needs a rate, e.g. rate = \"10/min\"")
         if self.action != "throttle" and self.rate is not None:
             raise ValueError(f"rate only applies to action throttle, not {self.action}")
+        if self.action == "bounce" and self.duration is not None:
+            raise ValueError("duration only applies to actions suspend and throttle, not bounce")
         return self
 
 
@@ -154,12 +158,9 @@ class Warmup(Strict):
     @field_validator("schedules")
     @classmethod
     def _days(cls, value: dict[str, dict[str, int | None]]) -> dict[str, dict[str, int | None]]:
-        for name, days in value.items():
-            if not days:
-                raise ValueError(f"schedule {name!r} lists no days")
-            for day in days:
-                if not day.isdigit() or int(day) < 1:
-                    raise ValueError(f"schedule {name!r}: day {day!r} is not a day number (1, 2, ...)")
+        problems = [problem for name, days in value.items() for problem in _schedule_problems(name, days)]
+        if problems:
+            raise ValidationError.from_exception_data("warm-up schedules", problems)
         return value
 
     def schedule(self, provider: str) -> WarmupSchedule | None:
@@ -170,6 +171,44 @@ class Warmup(Strict):
     def health_rule(self) -> HealthRule:
         h = self.health
         return HealthRule(h.max_deferral_share, h.min_attempts, h.action, h.step_back_days)
+
+
+def _schedule_problems(name: str, days: Mapping[str, int | None]) -> list[InitErrorDetails]:
+    """Day numbers must be distinct and caps must grow, ending at most once in "unlimited";
+    each problem is located at the offending day's key (so the error names its line)."""
+    def problem(day: str | None, message: str) -> InitErrorDetails:
+        loc = (name,) if day is None else (name, day)
+        return InitErrorDetails(type=PydanticCustomError("value_error", message), loc=loc, input=days)
+
+    if not days:
+        return [problem(None, f"schedule {name!r} lists no days")]
+    bad = [day for day in days if not day.isdigit() or int(day) < 1]
+    if bad:
+        return [problem(day, f"day {day!r} is not a day number (1, 2, ...)") for day in bad]
+    problems: list[InitErrorDetails] = []
+    seen: dict[int, str] = {}
+    for day in days:
+        if int(day) in seen:
+            problems.append(problem(day, f"day {day!r} repeats day {seen[int(day)]!r}"))
+        seen.setdefault(int(day), day)
+    ordered = [seen[number] for number in sorted(seen)]
+    for before, day in pairwise(ordered):
+        if not _grows(days[before], days[day]):
+            problems.append(problem(day, f"cap {_cap_text(days[day])} of day {day} does not grow over "
+                                         f"{_cap_text(days[before])} of day {before}: caps must "
+                                         "increase day by day"))
+    return problems
+
+
+def _grows(before: int | None, after: int | None) -> bool:
+    """None is unlimited: nothing grows past it, and it is more than any number."""
+    if before is None:
+        return False
+    return after is None or after > before
+
+
+def _cap_text(cap: int | None) -> str:
+    return UNLIMITED if cap is None else str(cap)
 
 
 _NOT_INHERITED = ("match_mx", "match_domains")

@@ -517,6 +517,17 @@ class Settings(Strict):
     webhooks: list[Webhook] = Field(default_factory=list)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
+    @field_validator("pools")
+    @classmethod
+    def _every_stream_has_a_pool(cls, pools: list[Pool]) -> list[Pool]:
+        """Without a pool named "default" a stream in no pool's list would have nowhere to go."""
+        if pools and not any(pool.name == "default" for pool in pools):
+            for stream in ALL_STREAMS:
+                if not any(stream in pool.streams for pool in pools):
+                    raise ValueError(f"stream {stream} is in no pool's streams and no pool is named "
+                                     f"\"default\": add it to a pool's streams or name a pool \"default\"")
+        return pools
+
     @model_validator(mode="after")
     def _unique_names(self) -> Settings:
         _reject_duplicates("pool", [p.name for p in self.pools])

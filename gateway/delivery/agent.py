@@ -17,12 +17,14 @@ provider's limits can drain soon (so one slow provider never fills the scheduler
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 
 import aiosmtplib
 
@@ -33,17 +35,24 @@ from gateway.dns.errors import PermanentDnsError, TemporaryDnsError
 from gateway.dns.resolver import MxResolver, MxTarget
 from gateway.records import AttemptResult
 from gateway.shaping.matching import DEFAULT
-from gateway.shaping.outcomes import postponed, shaped
-from gateway.shaping.router import Postpone, Route, Router, SourceIp
+from gateway.shaping.outcomes import POSTPONED, postponed, shaped
+from gateway.shaping.router import Postpone, Route, Router, SourceIp, utc_day
 
 log = logging.getLogger(__name__)
 
 PRIORITY = {"transactional": 0, "marketing": 1}
-BACKLOG_SECONDS = 5.0
+BACKLOG_SECONDS = 10.0
 """A provider's lanes hold at most this many seconds of work at its rate; more is postponed."""
 BACKLOG_PER_SLOT = 16
 """Without a rate: jobs waiting per connection slot (per-IP limit x pool IPs) before postponing."""
+SLOT_RATE = float(BACKLOG_PER_SLOT)
+"""Without a rate, until sends were seen: the messages per second one slot is assumed to
+drain (generous: mail offered too early is put back at the end of the line, not lost)."""
+THROUGHPUT_WINDOW = 5.0
 MIN_BACKLOG = 20
+BACKLOG_SHARE_OF_IN_FLIGHT = 3
+"""One backlog (a provider, or an MX site of unmatched domains) holds at most this fraction
+(1/3) of the scheduler's in-flight deliveries, so one slow site never takes every slot."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,7 @@ class Job:
     body: bytes | memoryview  # shared by the message's copies; joined only when sent
     smtputf8: bool
     future: asyncio.Future[AttemptResult]
+    day: date | None = None  # the UTC day a warm-up send was reserved for it (routing time)
 
 
 @dataclass(eq=False)  # lanes are compared and hashed by identity
@@ -72,10 +82,18 @@ class _Lane:
     source: SourceIp
     queue: asyncio.PriorityQueue[tuple[int, int, Job]] = field(default_factory=asyncio.PriorityQueue)
     workers: int = 0
+    urgent: int = 0  # transactional jobs in the queue: such lanes are woken first
 
     @property
-    def key(self) -> tuple[tuple[str, ...], str]:
-        return self.site, self.source.key
+    def key(self) -> LaneKey:
+        return self.route.provider, self.site, self.source.key
+
+    def put(self, priority: int, order: int, job: Job) -> None:
+        self.urgent += priority == 0
+        self.queue.put_nowait((priority, order, job))
+
+    def taken(self, priority: int) -> None:
+        self.urgent -= priority == 0
 
     @property
     def provider(self) -> str:
@@ -88,8 +106,13 @@ class _Lane:
     def drain(self) -> list[Job]:
         jobs = []
         while not self.queue.empty():
-            jobs.append(self.queue.get_nowait()[2])
+            priority, _, job = self.queue.get_nowait()
+            self.taken(priority)
+            jobs.append(job)
         return jobs
+
+
+LaneKey = tuple[str, tuple[str, ...], str]  # provider, MX site, source IP
 
 
 class _Connection:
@@ -119,20 +142,75 @@ def _unverified_tls() -> ssl.SSLContext:
     return context
 
 
+def site_key(site: Sequence[str]) -> str:
+    return "mx:" + ",".join(site)
+
+
 def pause_key(route: Route, site: Sequence[str]) -> str:
-    """Provider-wide failures pause a named provider; unmatched domains pause per MX site."""
-    return route.provider if route.provider != DEFAULT else "mx:" + ",".join(site)
+    """What shares a backlog (and a pause): a named provider, or one MX site of unmatched
+    domains (the default profile is not one provider)."""
+    return route.provider if route.provider != DEFAULT else site_key(site)
+
+
+@dataclass
+class Stagger:
+    """Due times for postponed work, one per message at the pace the limits drain it (pure).
+
+    Mail put back all at the same time would come back all at once and be put back again
+    (one database write each round); spacing each message by its real position makes it
+    return when it can actually go. ``tail`` per key is when the last one was placed."""
+
+    tails: dict[str, float] = field(default_factory=dict)
+
+    def place(self, key: str, earliest: float, spacing: float) -> float:
+        at = max(self.tails.get(key, 0.0), earliest)
+        self.tails[key] = at + spacing
+        return at
+
+    def forget_before(self, now: float) -> None:
+        for key in [key for key, tail in self.tails.items() if tail < now]:
+            del self.tails[key]
+
+
+@dataclass
+class Throughput:
+    """Messages answered per key over the last ``window`` seconds (pure): how fast a backlog
+    without a configured rate really drains."""
+
+    window: float = THROUGHPUT_WINDOW
+    seen: dict[str, collections.deque[float]] = field(default_factory=dict)
+
+    def record(self, key: str, now: float) -> None:
+        times = self.seen.setdefault(key, collections.deque())
+        times.append(now)
+        while times[0] < now - self.window:
+            times.popleft()
+
+    def per_second(self, key: str, now: float) -> float | None:
+        """None until enough was seen to tell (a few messages, a second of sending)."""
+        times = self.seen.get(key)
+        recent = [at for at in times or () if at >= now - self.window]
+        if len(recent) < 10 or now - recent[0] < 1.0:
+            return None
+        return len(recent) / (now - recent[0])
+
+    def forget_before(self, now: float) -> None:
+        for key in [key for key, times in self.seen.items() if times[-1] < now - self.window]:
+            del self.seen[key]
 
 
 class DeliveryAgent:
     def __init__(self, resolver: MxResolver, router: Router, *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, max_in_flight: int = 500) -> None:
         self.resolver = resolver
         self.router = router
         self.clock = clock
-        self._lanes: dict[tuple[tuple[str, ...], str], _Lane] = {}
+        self.max_backlog = max(MIN_BACKLOG, max_in_flight // BACKLOG_SHARE_OF_IN_FLIGHT)
+        self._lanes: dict[LaneKey, _Lane] = {}
         self._waiting: dict[str, set[_Lane]] = {}  # provider -> lanes waiting for a connection slot
-        self._backlog: dict[str, int] = {}  # provider -> jobs in its lanes
+        self._backlog: dict[str, int] = {}  # pause_key -> jobs in its lanes
+        self._stagger = Stagger()
+        self._throughput = Throughput()
         self._order = itertools.count()
         self._workers: set[asyncio.Task[None]] = set()
         self._reporter: asyncio.Task[None] | None = None
@@ -148,21 +226,25 @@ class DeliveryAgent:
         if isinstance(routed, AttemptResult):
             return routed
         route, site = routed
-        lane_or_result = await self._lane_for(route, site, domain)
+        lane_or_result = await self._lane_for(route, site, domain, PRIORITY.get(stream, 1))
         if isinstance(lane_or_result, AttemptResult):
             self._count(route, None, lane_or_result)
             return lane_or_result
         lane = lane_or_result
         future: asyncio.Future[AttemptResult] = asyncio.get_running_loop().create_future()
-        job = Job(mail_from, recipient, head, body, smtputf8, future)
-        lane.queue.put_nowait((PRIORITY.get(stream, 1), next(self._order), job))
-        provider = lane.provider
-        self._backlog[provider] = self._backlog.get(provider, 0) + 1
+        job = Job(mail_from, recipient, head, body, smtputf8, future, utc_day(self.clock()))
+        lane.put(PRIORITY.get(stream, 1), next(self._order), job)
+        key = pause_key(route, site)
+        self._backlog[key] = self._backlog.get(key, 0) + 1
         self._staff(lane)
         try:
             result = await future
         finally:
-            self._backlog[provider] -= 1
+            self._backlog[key] -= 1
+            if not self._backlog[key]:
+                del self._backlog[key]
+        if result.kind != POSTPONED:
+            self._throughput.record(key, self.clock())
         self._count(route, lane.source.address, result)
         return result
 
@@ -176,37 +258,57 @@ class DeliveryAgent:
         site = tuple(dict.fromkeys(f"{t.host}:{t.port}" for t in targets))
         return self.router.route(domain, [t.host for t in targets], stream), site
 
-    async def _lane_for(self, route: Route, site: tuple[str, ...], domain: str) -> _Lane | AttemptResult:
-        now = self.clock()
-        paused = await self.router.store.provider_paused_until(pause_key(route, site), now)
+    async def _lane_for(self, route: Route, site: tuple[str, ...], domain: str,
+                        priority: int) -> _Lane | AttemptResult:
+        now, key = self.clock(), pause_key(route, site)
+        line = key if priority else key + " transactional"  # its own line: not behind a campaign
+        paused = await self._paused_until(route, site, now)
         if paused is not None:
-            return postponed(route.provider, paused, f"{route.provider} paused after a provider-wide failure")
-        backlog, limit = self._backlog.get(route.provider, 0), self._backlog_limit(route)
-        if backlog >= limit:
-            return postponed(route.provider, now + self._drain_seconds(route, backlog),
-                             f"{route.provider}: {backlog} messages already waiting for its limits")
+            return self._postpone(route, line, paused, f"{route.provider} ({key}) paused after failures "
+                                                       "on every MX host")
+        backlog, limit = self._backlog.get(key, 0), self._backlog_limit(route)
+        if backlog >= limit + (0 if priority else limit // 2):  # transactional mail may go past
+            # Due when the lanes are half drained, one after the other at the drain rate.
+            return self._postpone(route, line, now + (backlog - limit / 2) / self._drain_rate(route, key),
+                                  f"{key}: {backlog} messages already waiting for its limits")
         choice = await self.router.choose(route)
         if isinstance(choice, Postpone):
-            return postponed(route.provider, choice.until, choice.reason)
-        lane = self._lanes.get((site, choice.key))
+            return self._postpone(route, line, choice.until, choice.reason)
+        lane = self._lanes.get((route.provider, site, choice.key))
         if lane is None:
-            lane = self._lanes[(site, choice.key)] = _Lane(site, domain, route, choice)
+            lane = _Lane(site, domain, route, choice)
+            self._lanes[lane.key] = lane
         lane.route = route  # the newest policy
         return lane
 
+    async def _paused_until(self, route: Route, site: tuple[str, ...], now: float) -> float | None:
+        store = self.router.store
+        paused = await store.provider_paused_until(site_key(site), now)
+        if paused is None and route.provider != DEFAULT:
+            paused = await store.provider_paused_until(route.provider, now)
+        return paused
+
+    def _postpone(self, route: Route, line: str, earliest: float, reason: str) -> AttemptResult:
+        until = self._stagger.place(line, earliest, 1.0 / self._drain_rate(route, line.split(" ")[0]))
+        return postponed(route.provider, until, reason)
+
     def _backlog_limit(self, route: Route) -> int:
-        ips = max(1, len(route.pool.ips))
-        limit = route.profile.connection_limit * ips * BACKLOG_PER_SLOT
+        limit = self._slots(route) * BACKLOG_PER_SLOT
         rate = self._rate_per_second(route)
         if rate is not None:
             limit = min(limit, int(rate * BACKLOG_SECONDS))
-        return max(MIN_BACKLOG, limit)
+        return min(self.max_backlog, max(MIN_BACKLOG, limit))
 
-    def _drain_seconds(self, route: Route, backlog: int) -> float:
-        """When to offer postponed mail again: half-way through draining the backlog, so the
-        lanes are refilled before they run dry (claims may come late behind other mail)."""
-        rate = self._rate_per_second(route)
-        return max(1.0, backlog / rate / 2) if rate else 1.0
+    def _drain_rate(self, route: Route, key: str) -> float:
+        """Messages per second the backlog drains: the configured rate, else as measured."""
+        return (self._rate_per_second(route) or self._throughput.per_second(key, self.clock())
+                or self._slots(route) * SLOT_RATE)
+
+    @staticmethod
+    def _slots(route: Route) -> int:
+        slots = route.profile.connection_limit * max(1, len(route.pool.ips))
+        pool_limit = route.profile.provider_connection_limit
+        return min(slots, pool_limit) if pool_limit is not None else slots
 
     @staticmethod
     def _rate_per_second(route: Route) -> float | None:
@@ -267,47 +369,68 @@ class DeliveryAgent:
             self._staff(lane)
 
     def _restaff_waiting(self, provider: str) -> None:
-        lanes = self._waiting.pop(provider, set())
+        """Offer freed slots to the waiting lanes, those holding transactional mail first."""
+        lanes = sorted(self._waiting.pop(provider, set()), key=lambda lane: lane.urgent == 0)
         for lane in lanes:
             if not lane.queue.empty():
                 self._staff(lane)
+
+    def _others_waiting(self, lane: _Lane) -> bool:
+        return any(other is not lane and not other.queue.empty()
+                   for other in self._waiting.get(lane.provider, ()))
 
     async def _serve(self, lane: _Lane) -> None:
         conn: _Connection | None = None
         try:
             while True:
                 try:
-                    _, _, job = await asyncio.wait_for(lane.queue.get(), lane.profile.idle_close)
+                    priority, _, job = await asyncio.wait_for(lane.queue.get(), lane.profile.idle_close)
                 except TimeoutError:
                     return
+                lane.taken(priority)
                 if job.future.done():
                     continue
-                if await self._reroute_if_suspended(lane, job):
+                try:
+                    conn, stop = await self._serve_job(lane, job, conn)
+                except Exception as exc:  # a bug must defer one delivery, never hang its future
+                    log.exception("serving %s via %s failed unexpectedly", job.recipient, lane.provider)
+                    _settle(job, shaped(replies.transient(f"internal error: {type(exc).__name__}"),
+                                        lane.provider))
+                    _discard(conn)
+                    conn, stop = None, False
+                if stop:
                     return
-                conn = await self._wait_for_rate(lane, conn)
-                if conn is None:
-                    opened = await self._open_safely(lane)
-                    if isinstance(opened, _OpenFailure):
-                        await self._fail_lane(lane, job, opened)
-                        return
-                    conn = opened
-                result = await self._send_safely(conn, job)
-                reaction = await self.router.observe(lane.provider, lane.source.key, result.reply,
-                                                     result.kind)
-                if reaction.bounce:
-                    result = replies.permanent(f"{result.reply} (policy rule {reaction.rule.name!r}: bounce)"
-                                               if reaction.rule else result.reply, remote=conn.remote)
-                if not job.future.done():  # cancelled meanwhile (shutdown): nothing to report
-                    job.future.set_result(shaped(result, lane.provider))
-                conn.sent += 1
-                if reaction.suspended:
-                    conn.broken = True
-                if conn.broken or conn.sent >= lane.profile.max_deliveries_per_connection:
-                    await _quit(conn)
-                    conn = None
+                if conn is None and self._others_waiting(lane):
+                    return  # reconnect time: let a waiting lane of the provider have the slot
         finally:
             if conn is not None:
                 await _quit(conn)
+
+    async def _serve_job(self, lane: _Lane, job: Job,
+                         conn: _Connection | None) -> tuple[_Connection | None, bool]:
+        """Send one job; returns the connection to keep (None: closed) and whether to stop."""
+        if await self._reroute_if_suspended(lane, job):
+            return conn, True
+        conn = await self._wait_for_rate(lane, conn)
+        if conn is None:
+            opened = await self._open_safely(lane)
+            if isinstance(opened, _OpenFailure):
+                await self._fail_lane(lane, job, opened)
+                return None, True
+            conn = opened
+        result = await self._send_safely(conn, job)
+        reaction = await self.router.observe(lane.provider, lane.source.key, result.reply, result.kind)
+        if reaction.bounce:
+            result = replies.permanent(f"{result.reply} (policy rule {reaction.rule.name!r}: bounce)"
+                                       if reaction.rule else result.reply, remote=conn.remote)
+        _settle(job, shaped(result, lane.provider))
+        conn.sent += 1
+        if reaction.suspended:
+            conn.broken = True
+        if conn.broken or conn.sent >= lane.profile.max_deliveries_per_connection:
+            await _quit(conn)
+            return None, False
+        return conn, False
 
     async def _reroute_if_suspended(self, lane: _Lane, job: Job) -> bool:
         """A suspended IP sends nothing more to the provider: its waiting jobs go back to be
@@ -318,10 +441,19 @@ class DeliveryAgent:
             return False
         metrics.SUSPENSIONS_ACTIVE.labels(lane.provider, lane.source.key).set(1)
         reason = f"source IP {lane.source.key} suspended for {lane.provider}"
-        for waiting in [job, *lane.drain()]:
-            if not waiting.future.done():
-                waiting.future.set_result(postponed(lane.provider, now, reason, lane.source.address))
+        await self._put_back(lane, [job, *lane.drain()], now, reason)
         return True
+
+    async def _put_back(self, lane: _Lane, jobs: list[Job], earliest: float, reason: str) -> None:
+        """Postpone unsent jobs (no attempt), staggered, giving back their warm-up sends."""
+        key = pause_key(lane.route, lane.site)
+        for job in jobs:
+            if job.future.done():
+                continue
+            if job.day is not None:
+                await self.router.release(lane.source, lane.provider, job.day)
+            until = self._stagger.place(key, earliest, 1.0 / self._drain_rate(lane.route, key))
+            _settle(job, postponed(lane.provider, until, reason, lane.source.address))
 
     async def _wait_for_rate(self, lane: _Lane, conn: _Connection | None) -> _Connection | None:
         """Wait for the (provider, IP) and provider tokens; a connection that would sit idle
@@ -338,6 +470,8 @@ class DeliveryAgent:
             pool_rate = lane.profile.provider_max_message_rate
             if wait == 0.0 and pool_rate is not None:
                 wait = await store.take_token(f"provider:{provider}", pool_rate, now)
+                if wait and rate is not None:  # both or neither: the IP's token is not spent
+                    await store.refund_token(f"ip:{provider}:{ip}", rate, now)
             if wait == 0.0:
                 if waited:
                     metrics.THROTTLE_WAITS.labels(provider).inc()
@@ -349,19 +483,20 @@ class DeliveryAgent:
             await asyncio.sleep(wait)
 
     async def _fail_lane(self, lane: _Lane, job: Job, failure: _OpenFailure) -> None:
-        """The site is unreachable: the first job is deferred, those waiting behind it postponed;
-        a provider-wide failure also pauses the provider's queue."""
-        if not job.future.done():
-            job.future.set_result(shaped(failure.result, lane.provider))
+        """The site is unreachable: the first job is deferred, those waiting behind it postponed.
+        When every MX host of the site failed, the site's queue pauses (and the provider's, once
+        several of its sites failed: Router.site_failed)."""
+        _settle(job, shaped(failure.result, lane.provider))
         until = self.clock() + 1.0
-        reaction = await self.router.observe(lane.provider, lane.source.key, failure.result.reply,
-                                             "transient")
-        if failure.provider_wide and not reaction.suspended:
-            until = await self.router.pause(pause_key(lane.route, lane.site), lane.profile)
-        for waiting in lane.drain():
-            if not waiting.future.done():
-                waiting.future.set_result(postponed(lane.provider, until, failure.result.reply,
-                                                    lane.source.address))
+        waiting = lane.drain()
+        try:
+            reaction = await self.router.observe(lane.provider, lane.source.key, failure.result.reply,
+                                                 "transient")
+            if failure.provider_wide and not reaction.suspended:
+                until = await self.router.site_failed(lane.provider, site_key(lane.site),
+                                                      lane.source.key, lane.profile)
+        finally:
+            await self._put_back(lane, waiting, until, failure.result.reply)
 
     # -- connections --------------------------------------------------------------------------
 
@@ -390,28 +525,46 @@ class DeliveryAgent:
 
     async def _connect(self, target: MxTarget, source: SourceIp,
                        profile: ProviderProfile) -> _Connection | str:
+        """Connect, then STARTTLS per ``profile.tls``. Opportunistic TLS falls back to plain
+        text only when STARTTLS itself failed: a refused or timed-out connection is not retried."""
         where = f"{target.host}[{target.address}]:{target.port}"
-        # None = STARTTLS when offered; opportunistic falls back to plain text if TLS fails.
-        modes: dict[str, list[bool | None]] = {
-            "opportunistic": [None, False], "required": [True], "disabled": [False]}
-        error = "no connection attempted"
-        for start_tls in modes[profile.tls]:
-            client = aiosmtplib.SMTP(
-                hostname=target.address, port=target.port, local_hostname=source.helo,
-                source_address=(source.address, 0) if source.address else None,
-                timeout=profile.command_timeout, start_tls=start_tls,
-                validate_certs=False, tls_context=self._tls if start_tls is not False else None)
-            try:
-                await client.connect(timeout=profile.connect_timeout)
-                return _Connection(client, target, source)
-            except aiosmtplib.SMTPResponseException as exc:
-                error = f"{where} greeted with {exc.code} {exc.message}"
-                break  # a refusing server does not accept us without TLS either
-            except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
-                error = f"connect to {where} failed: {exc}"
+        opened = await self._greeted(target, source, profile, where)
+        if isinstance(opened, str) or profile.tls == "disabled":
+            return _logged(opened)
+        client = opened.client
+        if not client.supports_extension("starttls"):
+            if profile.tls == "required":
                 client.close()
-        log.info("%s", error)
-        return error
+                return _logged(f"{where} does not offer STARTTLS (tls = required)")
+            return opened
+        try:
+            await client.starttls(tls_context=self._tls, validate_certs=False,
+                                  timeout=profile.connect_timeout)
+            return opened
+        except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
+            client.close()
+            if profile.tls == "required":
+                return _logged(f"STARTTLS with {where} failed: {exc}")
+            log.info("STARTTLS with %s failed (%s); sending without TLS", where, exc)
+        return _logged(await self._greeted(target, source, profile, where))
+
+    async def _greeted(self, target: MxTarget, source: SourceIp, profile: ProviderProfile,
+                       where: str) -> _Connection | str:
+        """A plain connection past the greeting and EHLO, or why there is none."""
+        client = aiosmtplib.SMTP(
+            hostname=target.address, port=target.port, local_hostname=source.helo,
+            source_address=(source.address, 0) if source.address else None,
+            timeout=profile.command_timeout, start_tls=False, validate_certs=False)
+        try:
+            await client.connect(timeout=profile.connect_timeout)
+            await client.ehlo(timeout=profile.connect_timeout)
+            return _Connection(client, target, source)
+        except aiosmtplib.SMTPResponseException as exc:
+            client.close()
+            return f"{where} greeted with {exc.code} {exc.message}"
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            client.close()
+            return f"connect to {where} failed: {exc}"
 
     async def _send_safely(self, conn: _Connection, job: Job) -> AttemptResult:
         """Every job gets an answer: a bug here must defer one delivery, not hang a slot."""
@@ -473,7 +626,26 @@ class DeliveryAgent:
             shown = active
             for provider in list(self._waiting):  # a slot freed on another node, or a missed wake-up
                 self._restaff_waiting(provider)
+            self._stagger.forget_before(self.clock())
+            self._throughput.forget_before(self.clock())
             await asyncio.sleep(interval)
+
+
+def _logged(opened: _Connection | str) -> _Connection | str:
+    if isinstance(opened, str):
+        log.info("%s", opened)
+    return opened
+
+
+def _settle(job: Job, result: AttemptResult) -> None:
+    """Answer a job unless it already has an answer (or was cancelled at shutdown)."""
+    if not job.future.done():
+        job.future.set_result(result)
+
+
+def _discard(conn: _Connection | None) -> None:
+    if conn is not None:
+        conn.client.close()
 
 
 def _has_8bit(body: bytes) -> bool:

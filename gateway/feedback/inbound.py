@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import email.parser
 import email.policy
 import email.utils
@@ -111,12 +112,14 @@ class FeedbackRules:
 
 
 UNVERIFIED = "address only, Message-ID not ours"
+UNKNOWN_PROVIDER = "unknown"  # complaints metric label when the delivery was never routed
 
 
 @dataclass(frozen=True)
 class Match:
     ref: DeliveryRef
     how: str  # verp | returned-headers | address (with the original Message-ID) | UNVERIFIED
+    provider: str = ""  # the provider profile the delivery was last routed to ("" if never)
 
 
 class Forged(Exception):
@@ -144,7 +147,7 @@ class Handled:
     state: str
     writes: list[WriteOp] = field(default_factory=list)
     bounces: list[Verdict] = field(default_factory=list)
-    complaints: int = 0
+    complaint_providers: list[str] = field(default_factory=list)  # one per complaint applied
 
 
 class InboundProcessor:
@@ -246,7 +249,9 @@ class InboundProcessor:
         metrics.INBOUND_REPORTS.labels(handled.kind, handled.state).inc()
         for verdict in handled.bounces:
             metrics.BOUNCES.labels(verdict.bounce_class.value, verdict.severity.value).inc()
-        metrics.COMPLAINTS.labels("unknown").inc(handled.complaints)
+        for provider in handled.complaint_providers:
+            # Provider names come from the policy files (deliveries.provider), so labels stay few.
+            metrics.COMPLAINTS.labels(provider or UNKNOWN_PROVIDER).inc()
         log.info("inbound %d from %s (%s): %s", row.id, row.client_ip, handled.kind, handled.state)
 
     async def _handle(self, row: InboundRow, *, last_try: bool = False) -> Handled:
@@ -284,6 +289,16 @@ class InboundProcessor:
     async def _matches(self, row: InboundRow, report: Report, addresses: Sequence[str]) -> list[Match]:
         """VERP envelope first (a forged one raises Forged), then tokens in the returned
         headers, then the reported addresses of recent deliveries."""
+        return await self._with_providers(await self._find(row, report, addresses))
+
+    async def _with_providers(self, matches: list[Match]) -> list[Match]:
+        if not matches:
+            return matches
+        providers = await self.db.read(functools.partial(
+            queue_store.delivery_providers, delivery_ids=[m.ref.delivery_id for m in matches]))
+        return [dataclasses.replace(m, provider=providers.get(m.ref.delivery_id, "")) for m in matches]
+
+    async def _find(self, row: InboundRow, report: Report, addresses: Sequence[str]) -> list[Match]:
         token = verp_token(row.recipients, self.bounce_domain)
         if token is not None:
             return [Match(await self._verp(token), "verp")]
@@ -366,7 +381,7 @@ class InboundProcessor:
         ref = match.ref
         fact = BounceFact(row.received_at, ref.recipient, verdict, "dsn", _dsn_evidence(row, rcpt, match),
                           delivery_id=ref.delivery_id, queue_id=ref.queue_id, list_key=ref.list_key,
-                          campaign=ref.campaign, inbound_id=row.id)
+                          campaign=ref.campaign, provider=match.provider, inbound_id=row.id)
 
         async def write(conn: AsyncConnection) -> None:
             await feedback_store.record_evidence(
@@ -382,7 +397,7 @@ class InboundProcessor:
         ref = match.ref
         fact = BounceFact(row.received_at, ref.recipient, verdict, "dsn", _dsn_evidence(row, rcpt, match),
                           delivery_id=ref.delivery_id, queue_id=ref.queue_id, list_key=ref.list_key,
-                          campaign=ref.campaign, inbound_id=row.id)
+                          campaign=ref.campaign, provider=match.provider, inbound_id=row.id)
         reply = f"DSN: {_verdict_text(verdict)}: {rcpt.diagnostic or rcpt.status or 'no diagnostic'}"
 
         async def write(conn: AsyncConnection) -> None:
@@ -417,7 +432,7 @@ class InboundProcessor:
         if not matches:
             return Handled(kind, "unmatched")
         changes = [self._complaint_change(row, report, trust, match) for match in matches]
-        return Handled(kind, "complaint", writes=changes, complaints=len(matches))
+        return Handled(kind, "complaint", writes=changes, complaint_providers=[m.provider for m in matches])
 
     async def _trust(self, raw: bytes, client_ip: str) -> Trust:
         rules = self.rules
@@ -435,7 +450,8 @@ class InboundProcessor:
         feedback_type = (report.arf.feedback_type if report.arf else "") or "abuse"
         fact = ComplaintFact(row.received_at, ref.recipient, scope, _arf_evidence(row, report, trust, match),
                              delivery_id=ref.delivery_id, queue_id=ref.queue_id, list_key=ref.list_key,
-                             campaign=ref.campaign, inbound_id=row.id, feedback_type=feedback_type)
+                             campaign=ref.campaign, provider=match.provider, inbound_id=row.id,
+                             feedback_type=feedback_type)
 
         async def write(conn: AsyncConnection) -> None:
             scope_key = await feedback_store.apply_complaint(conn, fact)

@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.ingest.addresses import address_hash
 from gateway.ingest.rules import FREQUENCIES
-from gateway.ingest.unsubscribe import ALL_MARKETING, Click, leave_all, leave_list
+from gateway.ingest.unsubscribe import ALL_MARKETING, Click, leave_all, leave_list, record_unsubscribed
 from gateway.queue import references
 from gateway.rewrite.tokens import Purpose, TokenCodec
 from gateway.storage import consent_store
@@ -240,13 +240,16 @@ async def _apply(conn: AsyncConnection, view: PreferenceView, steps: Plan, click
                              ip=click.ip, user_agent=click.user_agent, proof=proof)
 
     for key in steps.leave:
-        dropped += (await leave_list(conn, recipient, key, click, proof)).dropped
+        left = await leave_list(conn, recipient, key, click, proof)
+        await record_unsubscribed(conn, view.ref, key, click, left)
+        dropped += left.dropped
         changes += 1
     for key in (*steps.join, *steps.refrequency):
         await consent_store.record_consent(conn, change(key, "confirmed", steps.frequency))
         changes += 1
     if steps.all_off is True:
         left = await leave_all(conn, recipient, click, proof)  # writes the "" history row
+        await record_unsubscribed(conn, view.ref, "", click, left)
         dropped += left.dropped
         changes += int(left.changed)
     elif steps.all_off is False:

@@ -67,15 +67,20 @@ async def unsubscribe(db: Database, codec: TokenCodec, token: str, click: Click)
             left = await leave_list(conn, ref.recipient, ref.list_key, click, proof)
         else:
             left = await leave_all(conn, ref.recipient, click, proof)
-        if left.changed:  # the accounting log (and webhooks) hear of it once, not per repeat
-            await feedback_store.add_event(
-                conn, at=click.at, kind="unsubscribed", queue_id=ref.queue_id, delivery_id=ref.delivery_id,
-                recipient=ref.recipient,
-                reply=f"unsubscribe ({click.source}) from {ref.list_key or 'all lists'}")
+        await record_unsubscribed(conn, ref, ref.list_key, click, left)
         return left.dropped
 
     dropped = await db.write(write)
     return Unsubscribed(ref.recipient, ref.list_key, name, dropped)
+
+
+async def record_unsubscribed(conn: AsyncConnection, ref: DeliveryRef, list_key: str, click: Click,
+                              left: Left) -> None:
+    """The accounting event (and so the webhooks) hear of a leave once, not of every repeat."""
+    if left.changed:
+        await feedback_store.add_event(
+            conn, at=click.at, kind="unsubscribed", queue_id=ref.queue_id, delivery_id=ref.delivery_id,
+            recipient=ref.recipient, reply=f"unsubscribe ({click.source}) from {list_key or 'all lists'}")
 
 
 async def leave_list(conn: AsyncConnection, recipient: str, list_key: str, click: Click, proof: str) -> Left:

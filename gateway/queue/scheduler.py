@@ -78,24 +78,30 @@ def outcome_for(claim: ClaimedDelivery, result: AttemptResult, retry: RetrySched
     return Outcome(delivery_id=claim.delivery_id, queue_id=claim.queue_id,
                    recipient=claim.recipient, state=state, reply=reply, at=now,
                    next_attempt_at=next_at, remote=result.remote, source_ip=result.source_ip,
-                   verdict=verdict)
+                   verdict=verdict, provider=_provider_of(result))
+
+
+def _provider_of(result: AttemptResult) -> str:
+    return result.provider if isinstance(result, ShapedResult) else ""
 
 
 def _postponed(claim: ClaimedDelivery, result: ShapedResult, retry: RetrySchedule,
                now: datetime) -> Outcome:
     """Shaping held the delivery back without an attempt (warm-up cap, suspended IPs, paused
     provider, backlog): it stays pending, due at ``postpone_until``, with no attempt counted.
-    The outcome says so with state QUEUED, which storage applies as a postponement. Past
-    the provider's ``max_queue_age`` it expires like a failing delivery would."""
-    if (now - claim.received_at).total_seconds() >= retry.max_age:
+    The outcome says so with state QUEUED, which storage applies as a postponement. The due
+    time never passes the provider's ``max_queue_age``; at that age the delivery expires like
+    a failing one would."""
+    expires_at = claim.received_at + timedelta(seconds=retry.max_age)
+    if now >= expires_at:
         return Outcome(delivery_id=claim.delivery_id, queue_id=claim.queue_id,
                        recipient=claim.recipient, state=DeliveryState.EXPIRED,
                        reply=f"expired while held back by shaping: {result.reply}", at=now,
-                       source_ip=result.source_ip)
-    until = result.postpone_until or now
+                       source_ip=result.source_ip, provider=result.provider)
+    until = min(max(result.postpone_until or now, now), expires_at)
     return Outcome(delivery_id=claim.delivery_id, queue_id=claim.queue_id, recipient=claim.recipient,
                    state=DeliveryState.QUEUED, reply=result.reply, at=now,
-                   next_attempt_at=max(until, now), source_ip=result.source_ip)
+                   next_attempt_at=until, source_ip=result.source_ip, provider=result.provider)
 
 
 STREAM_PRIORITY = {"transactional": 0, "marketing": 1}
@@ -273,7 +279,7 @@ class Scheduler:
         self._count(recorded)
 
     async def _postpone(self, held: list[Outcome]) -> None:
-        items = [(o.delivery_id, o.next_attempt_at or o.at) for o in held]
+        items = [(o.delivery_id, o.next_attempt_at or o.at, o.provider) for o in held]
         await self.db.write(partial(shaping_store.postpone, node=self.node, items=items))
 
     def _count(self, batch: list[Outcome]) -> None:

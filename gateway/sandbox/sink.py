@@ -626,21 +626,41 @@ async def _serve(sink: SinkServer, stats_interval: float | None) -> None:
         _print_counters(sink, started)
 
 
+def _script_from(replies: Sequence[str]) -> ReplyScript | None:
+    """``ADDRESS=REPLY`` pairs from the command line as a reply script (None: accept all)."""
+    if not replies:
+        return None
+    script = ReplyScript()
+    for pair in replies:
+        address, equals, reply = pair.partition("=")
+        if not equals or "@" not in address:
+            raise ValueError(f"--reply {pair!r}: expected ADDRESS=REPLY, e.g. "
+                             "'gone@example.net=550 5.1.1 user unknown'")
+        script.on_rcpt(address.strip(), reply.strip())
+    return script
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="SMTP sink that accepts every message.")
     parser.add_argument("--listen", default="127.0.1.1:2526", help="HOST:PORT (%(default)s)")
     parser.add_argument("--out", type=Path, help="write <n>.eml and <n>.json here")
     parser.add_argument("--stats-interval", type=float, help="print counters every N seconds")
     parser.add_argument("--engine", choices=["fast", "aiosmtpd"], default="fast")
+    parser.add_argument("--reply", action="append", default=[], metavar="ADDRESS=REPLY",
+                        help="answer RCPT TO:<ADDRESS> with REPLY, e.g. "
+                             "'gone@example.net=550 5.1.1 user unknown' (repeatable; "
+                             "uses the aiosmtpd engine)")
     args = parser.parse_args(argv)
     try:
         endpoint = parse_host_port(args.listen)
         writer = _Writer(args.out) if args.out else None
+        script = _script_from(args.reply)
     except (OSError, ValueError) as exc:
         print(f"sink: {exc}", file=sys.stderr)
         return 2
     sink = SinkServer(
-        endpoint.host, endpoint.port, keep_messages=False, on_message=writer, engine=args.engine
+        endpoint.host, endpoint.port, keep_messages=False, on_message=writer, script=script,
+        engine="aiosmtpd" if script is not None else args.engine,
     )
     try:
         asyncio.run(_serve(sink, args.stats_interval))

@@ -17,8 +17,9 @@ from datetime import UTC, date, datetime, timedelta
 from gateway import metrics
 from gateway.config.policy import Policy, ProviderProfile
 from gateway.shaping.automation import AutomationRule, first_match
+from gateway.shaping.matching import DEFAULT
 from gateway.shaping.store import ThrottleStore
-from gateway.shaping.warmup import assess, day_index, held_after
+from gateway.shaping.warmup import assess, counts_as_deferral, day_index, held_after
 from gateway.shaping.wrr import SmoothWrr
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,30 @@ class Route:
     provider: str
     pool: PoolSpec
     profile: ProviderProfile
-    reason: str
+    explain: Callable[[], str] = field(default=lambda: "", compare=False, repr=False)
+
+    @property
+    def reason(self) -> str:
+        """Why this provider (for `gateway policy test`): built only when asked for."""
+        return self.explain()
+
+
+PROVIDER_PAUSE_SITES = 2
+"""Distinct failing sites of one provider, within ``provider_pause``, that pause it as a whole."""
+
+
+@dataclass
+class SiteFailures:
+    """Recent whole-site failures of one provider (pure): site -> (time, source IP)."""
+
+    seen: dict[str, tuple[float, str]] = field(default_factory=dict)
+
+    def add(self, site: str, ip: str, now: float, window: float) -> int:
+        """Record a failure; returns how many distinct sites failed within ``window``."""
+        self.seen[site] = (now, ip)
+        for old in [key for key, (at, _) in self.seen.items() if at <= now - window]:
+            del self.seen[old]
+        return len(self.seen)
 
 
 @dataclass(frozen=True)
@@ -92,15 +116,26 @@ class Router:
     store: ThrottleStore
     clock: Clock
     _wrr: dict[tuple[str, str], SmoothWrr] = field(default_factory=dict)
+    _rules: dict[str, tuple[AutomationRule, ...]] = field(default_factory=dict)
+    _failures: dict[str, SiteFailures] = field(default_factory=dict)
 
     def update_policy(self, policy: Policy) -> None:
         self.policy = policy
+        self._rules = {}
+
+    def rules(self, provider: str) -> tuple[AutomationRule, ...]:
+        """The provider's compiled automation rules, built once per policy (not per reply)."""
+        found = self._rules.get(provider)
+        if found is None:
+            found = self._rules[provider] = self.policy.profile(provider).automation
+        return found
 
     def route(self, domain: str, mx_hosts: Sequence[str], stream: str) -> Route:
         provider = self.policy.matcher.match(domain, mx_hosts)
         profile = self.policy.profile(provider)
+        matcher = self.policy.matcher
         return Route(provider, self.pool_for(profile, stream), profile,
-                     self.policy.matcher.reason(domain, mx_hosts))
+                     lambda: matcher.reason(domain, mx_hosts))
 
     def pool_for(self, profile: ProviderProfile, stream: str) -> PoolSpec:
         if profile.pool is not None and profile.pool in self.pools:
@@ -144,7 +179,7 @@ class Router:
         if ip.warmup_start is None or schedule is None:
             return True
         today = utc_day(now)
-        day = day_index(ip.warmup_start, today, await self.store.held_days(ip.key, provider))
+        day = day_index(ip.warmup_start, today, await self.store.held_days(ip.key, provider, today))
         cap = schedule.cap(day)
         metrics.WARMUP_DAY.labels(ip.key, provider).set(day)
         metrics.WARMUP_CAP.labels(ip.key, provider).set(-1 if cap is None else cap)
@@ -153,11 +188,11 @@ class Router:
     async def observe(self, provider: str, ip: str, reply: str, kind: str) -> Reaction:
         """Apply automation rules and warm-up health to one reply from ``provider``."""
         now = self.clock()
-        profile = self.policy.profile(provider)
-        rule = first_match(profile.automation, reply) if kind != "delivered" else None
+        rule = first_match(self.rules(provider), reply) if kind != "delivered" else None
         if rule is not None:
             await self._act(provider, ip, rule, now)
-        await self._health(provider, ip, deferred=kind == "transient" or rule is not None, now=now)
+        await self._health(provider, ip, deferred=counts_as_deferral(kind, rule.action if rule else None),
+                           now=now)
         return Reaction(rule)
 
     async def _act(self, provider: str, ip: str, rule: AutomationRule, now: float) -> None:
@@ -193,10 +228,28 @@ class Router:
                     return source
         return None
 
+    async def release(self, ip: SourceIp, provider: str, day: date) -> None:
+        """Give back the warm-up send reserved on ``day`` for a message that went back unsent."""
+        schedule = self.policy.warmup.schedule(provider)
+        if ip.warmup_start is not None and schedule is not None:
+            await self.store.release_warmup(ip.key, provider, day)
+
+    async def site_failed(self, provider: str, site: str, ip: str, profile: ProviderProfile) -> float:
+        """Every MX host of ``site`` failed from ``ip``: pause that site; pause the whole provider
+        only when another of its sites failed too within ``provider_pause`` (a provider-wide
+        outage), never for one unreachable Microsoft 365 tenant. Returns the pause end."""
+        until = await self.pause(site, profile)
+        if provider == DEFAULT:
+            return until
+        window = self._failures.setdefault(provider, SiteFailures())
+        if window.add(site, ip, self.clock(), profile.provider_pause) >= PROVIDER_PAUSE_SITES:
+            until = await self.pause(provider, profile)
+        return until
+
     async def pause(self, key: str, profile: ProviderProfile) -> float:
-        """Hold a provider's queue (``key``: its name, or its MX site for unmatched domains)."""
+        """Hold a provider's queue (``key``: its name) or one MX site's (``key``: the site)."""
         until = self.clock() + profile.provider_pause
         await self.store.pause_provider(key, until)
-        log.warning("%s unreachable from every MX host: its queue waits until %s", key,
+        log.warning("%s unreachable: its queue waits until %s", key,
                     datetime.fromtimestamp(until, UTC).isoformat(timespec="seconds"))
         return until

@@ -16,6 +16,7 @@ from datetime import date
 from typing import Protocol
 
 from gateway.shaping.rates import Rate, TokenBucket
+from gateway.shaping.warmup import Hold
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,10 @@ class ThrottleStore(Protocol):
         """0 when a message may go now (token taken), else seconds to wait."""
         ...
 
+    async def refund_token(self, key: str, rate: Rate, now: float) -> None:
+        """Put back a token taken by ``take_token`` for a message that did not go."""
+        ...
+
     async def suspend(self, provider: str, ip: str, until: float) -> None: ...
 
     async def suspended_until(self, provider: str, ip: str, now: float) -> float | None: ...
@@ -57,16 +62,24 @@ class ThrottleStore(Protocol):
         """Count one send against today's cap if it is not reached yet."""
         ...
 
+    async def release_warmup(self, ip: str, provider: str, day: date) -> None:
+        """Give back one send counted by ``reserve_warmup`` (the message went back unsent)."""
+        ...
+
     async def warmup_count(self, ip: str, provider: str, day: date) -> int: ...
 
     async def record_health(self, ip: str, provider: str, day: date, deferred: bool) -> tuple[int, int]:
         """Count an attempt (and a deferral); returns today's (attempts, deferrals)."""
         ...
 
-    async def held_days(self, ip: str, provider: str) -> int: ...
+    async def held_days(self, ip: str, provider: str, on: date | None = None) -> int:
+        """Held-back days in force ``on`` that day (a decision counts from the day after it);
+        None: the latest decision's, the base for the next decision."""
+        ...
 
     async def hold(self, ip: str, provider: str, day: date, held_days: int) -> bool:
-        """Set ``held_days`` unless a decision was already taken for this day; True if set."""
+        """Set ``held_days`` from the day after ``day`` on, unless a decision was already
+        taken that day (or later); True if set."""
         ...
 
 
@@ -82,8 +95,7 @@ class MemoryThrottleStore:
         self._paused: dict[str, float] = {}
         self._warm: dict[tuple[str, str, date], int] = {}
         self._health: dict[tuple[str, str, date], tuple[int, int]] = {}
-        self._held: dict[tuple[str, str], int] = {}
-        self._decided: set[tuple[str, str, date]] = set()
+        self._holds: dict[tuple[str, str], Hold] = {}
 
     async def open_connection(self, provider: str, ip: str, per_ip: int, provider_limit: int | None) -> bool:
         if self._conns.get((provider, ip), 0) >= per_ip:
@@ -110,6 +122,11 @@ class MemoryThrottleStore:
         elif bucket.rate != rate.per_second:
             bucket.retune(rate)
         return bucket.take(now)
+
+    async def refund_token(self, key: str, rate: Rate, now: float) -> None:
+        bucket = self._buckets.get(key)
+        if bucket is not None:
+            bucket.tokens = min(bucket.burst, bucket.tokens + 1.0)
 
     async def suspend(self, provider: str, ip: str, until: float) -> None:
         self._suspended[(provider, ip)] = max(until, self._suspended.get((provider, ip), 0.0))
@@ -140,6 +157,9 @@ class MemoryThrottleStore:
         self._paused[provider] = max(until, self._paused.get(provider, 0.0))
 
     async def provider_paused_until(self, provider: str, now: float) -> float | None:
+        if len(self._paused) > 1000:  # per-site pauses of unmatched domains add up: drop old ones
+            for key in [key for key, until in self._paused.items() if until <= now]:
+                del self._paused[key]
         until = self._paused.get(provider)
         if until is not None and until <= now:
             del self._paused[provider]
@@ -154,6 +174,11 @@ class MemoryThrottleStore:
         self._warm[key] = self._warm.get(key, 0) + 1
         return True
 
+    async def release_warmup(self, ip: str, provider: str, day: date) -> None:
+        key = (ip, provider, day)
+        if self._warm.get(key, 0) > 0:
+            self._warm[key] -= 1
+
     async def warmup_count(self, ip: str, provider: str, day: date) -> int:
         return self._warm.get((ip, provider, day), 0)
 
@@ -163,34 +188,41 @@ class MemoryThrottleStore:
         self._health[(ip, provider, day)] = counts
         return counts
 
-    async def held_days(self, ip: str, provider: str) -> int:
-        return self._held.get((ip, provider), 0)
+    async def held_days(self, ip: str, provider: str, on: date | None = None) -> int:
+        hold = self._holds.get((ip, provider))
+        if hold is None:
+            return 0
+        return hold.after if on is None else hold.held_on(on)
 
     async def hold(self, ip: str, provider: str, day: date, held_days: int) -> bool:
-        if (ip, provider, day) in self._decided:
+        earlier = self._holds.get((ip, provider))
+        if earlier is not None and earlier.decided_on >= day:
             return False
-        self._decided.add((ip, provider, day))
-        self._held[(ip, provider)] = held_days
+        before = 0 if earlier is None else earlier.held_on(day)
+        self._holds[(ip, provider)] = Hold(before, held_days, day)
         return True
 
     # -- persistence (this class only; a shared store keeps its own state) ----------------------
 
     def warmup_snapshot(self, day: date) -> tuple[dict[tuple[str, str], int],
                                                   dict[tuple[str, str], tuple[int, date]]]:
-        """Today's sends per (ip, provider) and every hold with the day it was decided."""
+        """Today's sends per (ip, provider) and every hold: the held days of its latest
+        decision and the day that decision was taken."""
         sends = {(ip, provider): n for (ip, provider, on), n in self._warm.items() if on == day}
-        decided = {(ip, provider): on for ip, provider, on in self._decided}
-        holds = {key: (held, decided.get(key, day)) for key, held in self._held.items()}
+        holds = {key: (hold.after, hold.decided_on) for key, hold in self._holds.items()}
         return sends, holds
 
     def restore_warmup(self, day: date, sends: dict[tuple[str, str], int],
                        holds: dict[tuple[str, str], tuple[int, date]]) -> None:
         for (ip, provider), count in sends.items():
-            key = (ip, provider, day)
-            self._warm[key] = max(self._warm.get(key, 0), count)
-        for (ip, provider), (held, on) in holds.items():
-            self._held[(ip, provider)] = max(self._held.get((ip, provider), 0), held)
-            self._decided.add((ip, provider, on))
+            day_key = (ip, provider, day)
+            self._warm[day_key] = max(self._warm.get(day_key, 0), count)
+        for pair, (held, on) in holds.items():
+            known = self._holds.get(pair)
+            if known is None or on > known.decided_on:
+                # The days in force before a decision taken today are not saved: after a
+                # restart on that day the decision applies at once (a lower cap, never higher).
+                self._holds[pair] = Hold(held, held, on)
 
     def _prune_days(self, today: date) -> None:
         """Counters of earlier days are never read again."""

@@ -7,8 +7,10 @@ day N is the one of the highest listed day <= N, and None means unlimited.
 Health: the gateway counts, per IP, provider and day, attempts and deferrals (4xx replies
 and automation-rule matches). When the share of deferrals passes ``max_deferral_share``
 after at least ``min_attempts`` attempts, the schedule for that IP and provider pauses
-(tomorrow repeats today's day) or steps back ``step_back_days`` (today's cap drops now).
-The decision is taken at most once per IP, provider and day.
+(tomorrow repeats today's day) or steps back (tomorrow is ``step_back_days`` days before
+today's day). A decision takes effect the day after it is taken, never on the day itself:
+mail already let through today under today's cap is not suddenly over it. The decision is
+taken at most once per IP, provider and day.
 """
 
 from __future__ import annotations
@@ -63,9 +65,37 @@ def assess(rule: HealthRule, attempts: int, deferrals: int) -> Decision:
 
 
 def held_after(rule: HealthRule, decision: Decision, held_days: int) -> int:
-    """New ``held_days``: a pause repeats today's day tomorrow; a step back also lowers today."""
+    """``held_days`` from tomorrow on: a pause makes tomorrow's day equal today's (one more
+    held day); a step back makes it ``step_back_days`` before today's (that many more)."""
     if decision == "pause":
         return held_days + 1
     if decision == "step_back":
         return held_days + 1 + rule.step_back_days
     return held_days
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A health decision for one IP and provider: ``before`` held days apply up to and
+    including ``decided_on``, ``after`` from the next day on."""
+
+    before: int
+    after: int
+    decided_on: date
+
+    def held_on(self, day: date) -> int:
+        return self.after if day > self.decided_on else self.before
+
+
+def held_on(hold: Hold | None, day: date) -> int:
+    return 0 if hold is None else hold.held_on(day)
+
+
+def counts_as_deferral(kind: str, rule_action: str | None) -> bool:
+    """Whether a reply counts against warm-up health: a temporary failure, or a reply that
+    matched a suspend or throttle rule. A reply matching a ``bounce`` rule (even a 4xx one)
+    fails that message for good (bad authentication, say); it is not a sign that the
+    provider wants less volume from the IP."""
+    if rule_action == "bounce":
+        return False
+    return kind == "transient" or rule_action in ("suspend", "throttle")

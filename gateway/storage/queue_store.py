@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, exists, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, exists, func, insert, or_, select, union_all, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -34,6 +34,9 @@ from gateway.storage.tables import deliveries, events, inbound, messages, suppre
 
 log = logging.getLogger(__name__)
 _PENDING = [s.value for s in PENDING_STATES]
+PRIORITIES = {"transactional": 0, "marketing": 1}
+"""``deliveries.priority`` by stream: lower is claimed first; an unknown stream ranks last."""
+LOWEST_PRIORITY = max(PRIORITIES.values())
 DEFAULT_SOFT_RULE = SoftBounceRule()
 
 
@@ -80,7 +83,8 @@ def _delivery_row(message: NewMessage, recipient: str, state: DeliveryState,
                   reply: str | None) -> dict[str, Any]:
     return {"queue_id": message.queue_id, "recipient": recipient, "domain": recipient_domain(recipient),
             "state": state.value, "attempts": 0, "next_attempt_at": message.received_at,
-            "last_reply": reply, "updated_at": message.received_at}
+            "last_reply": reply, "updated_at": message.received_at,
+            "priority": PRIORITIES.get(message.stream, LOWEST_PRIORITY), "provider": ""}
 
 
 async def insert_inbound(conn: AsyncConnection, message: InboundMessage) -> None:
@@ -96,16 +100,12 @@ async def insert_inbound(conn: AsyncConnection, message: InboundMessage) -> None
 
 async def claim_due(conn: AsyncConnection, *, node: str, now: datetime,
                     lease_until: datetime, limit: int) -> list[ClaimedDelivery]:
-    """Lease up to ``limit`` due deliveries to ``node``; other nodes skip leased rows."""
-    due = (
-        select(deliveries.c.id)
-        .where(deliveries.c.state.in_(_PENDING), deliveries.c.next_attempt_at <= now,
-               or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until < now))
-        .order_by(deliveries.c.next_attempt_at)
-        .limit(limit)
-    )
+    """Lease up to ``limit`` due deliveries to ``node``, transactional first and then by due
+    time; other nodes skip leased rows."""
+    due = _due_ids(now, limit)
     if conn.dialect.name == "postgresql":
-        due = due.with_for_update(skip_locked=True)
+        due = (select(deliveries.c.id).where(deliveries.c.id.in_(due.scalar_subquery()), _claimable(now))
+               .with_for_update(skip_locked=True))
     claimed = await conn.execute(
         update(deliveries)
         .where(deliveries.c.id.in_(due.scalar_subquery()))
@@ -182,6 +182,24 @@ async def _finish_claimed(conn: AsyncConnection, node: str, claims: Sequence[Cla
     await _drop_finished_bodies(conn, {c.queue_id for c in claims})
 
 
+def _claimable(now: datetime) -> Any:
+    return or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until < now)
+
+
+def _due_ids(now: datetime, limit: int) -> Any:
+    """The ``limit`` first due ids by (priority, due time). One ordered range scan of the
+    (state, priority, next_attempt_at) index per state and priority, merged: a single query
+    over ``state IN (...)`` would have to sort every due row to find the first ones."""
+    parts = [select(deliveries.c.id, deliveries.c.priority, deliveries.c.next_attempt_at)
+             .where(deliveries.c.state == state, deliveries.c.priority == priority,
+                    deliveries.c.next_attempt_at <= now, _claimable(now))
+             .order_by(deliveries.c.next_attempt_at).limit(limit).subquery()
+             for state in _PENDING for priority in sorted(set(PRIORITIES.values()))]
+    merged = union_all(*(select(part.c.id, part.c.priority, part.c.next_attempt_at) for part in parts))
+    found = merged.subquery()
+    return select(found.c.id).order_by(found.c.priority, found.c.next_attempt_at).limit(limit)
+
+
 async def load_bodies(conn: AsyncConnection, queue_ids: Iterable[str]) -> dict[str, bytes]:
     rows = await conn.execute(
         select(messages.c.queue_id, messages.c.body).where(messages.c.queue_id.in_(set(queue_ids)))
@@ -212,9 +230,12 @@ async def record_outcomes(conn: AsyncConnection, node: str, outcomes: Sequence[O
         .values(state=bindparam("b_state"), attempts=deliveries.c.attempts + 1,
                 next_attempt_at=func.coalesce(next_at, deliveries.c.next_attempt_at),
                 last_reply=bindparam("b_reply"), updated_at=bindparam("b_at"),
+                provider=func.coalesce(bindparam("b_provider", type_=deliveries.c.provider.type),
+                                       deliveries.c.provider),
                 claimed_by=None, lease_until=None),
         [{"b_id": o.delivery_id, "b_state": o.state.value, "b_next": o.next_attempt_at,
-          "b_reply": storable(o.reply, MAX_REPLY), "b_at": o.at} for o in applied],
+          "b_reply": storable(o.reply, MAX_REPLY), "b_at": o.at, "b_provider": o.provider or None}
+         for o in applied],
     )
     await conn.execute(insert(events), [_event_row(o) for o in applied])
     await _drop_finished_bodies(conn, {o.queue_id for o in applied if o.state.is_final})
@@ -241,7 +262,7 @@ async def _bounce_state_or_marker(conn: AsyncConnection, applied: Sequence[Outco
 def _bounce_facts(applied: Sequence[Outcome]) -> list[BounceFact]:
     # A deferral is evidence only when it is hard; otherwise the final attempt speaks.
     return [BounceFact(o.at, o.recipient, o.verdict, "sync", o.reply or "", final=o.state.is_final,
-                       delivery_id=o.delivery_id, queue_id=o.queue_id)
+                       delivery_id=o.delivery_id, queue_id=o.queue_id, provider=o.provider)
             for o in applied if o.verdict is not None and (o.state.is_final or o.verdict.is_hard)]
 
 
@@ -611,3 +632,72 @@ async def finish_inbound(conn: AsyncConnection, inbound_id: int, state: str) -> 
     changed = await conn.execute(update(inbound).where(inbound.c.id == inbound_id, inbound.c.state == "new")
                                  .values(state=state).returning(inbound.c.id))
     return changed.first() is not None
+
+
+# -- operator views: `gateway queue list` and `gateway queue show` (read only) -----------------
+
+@dataclass(frozen=True)
+class DeliveryView:
+    """One recipient's delivery as an operator sees it (``provider`` is "" before any attempt)."""
+
+    queue_id: str
+    recipient: str
+    state: str
+    attempts: int
+    provider: str
+    next_attempt_at: datetime
+    last_reply: str | None
+
+
+def _delivery_view(row: Any) -> DeliveryView:
+    return DeliveryView(row.queue_id, row.recipient, row.state, row.attempts, row.provider,
+                        row.next_attempt_at, row.last_reply)
+
+
+_VIEW_COLUMNS = (deliveries.c.queue_id, deliveries.c.recipient, deliveries.c.state, deliveries.c.attempts,
+                 deliveries.c.provider, deliveries.c.next_attempt_at, deliveries.c.last_reply)
+
+
+async def list_queue(conn: AsyncConnection, *, domain: str | None = None, provider: str | None = None,
+                     states: Iterable[str] = tuple(_PENDING), limit: int = 50) -> list[DeliveryView]:
+    """Pending deliveries (or those in ``states``), soonest due first."""
+    query = select(*_VIEW_COLUMNS).where(deliveries.c.state.in_(list(states)))
+    if domain:
+        query = query.where(deliveries.c.domain == domain.lower())
+    if provider is not None:
+        query = query.where(deliveries.c.provider == provider)
+    rows = await conn.execute(query.order_by(deliveries.c.next_attempt_at, deliveries.c.id).limit(limit))
+    return [_delivery_view(row) for row in rows]
+
+
+@dataclass(frozen=True)
+class MessageView:
+    queue_id: str
+    received_at: datetime
+    mail_from: str
+    stream: str
+    deliveries: list[DeliveryView]
+
+
+async def show_message(conn: AsyncConnection, queue_id: str) -> MessageView | None:
+    """A message and every delivery of it, in any state; None for an unknown queue id."""
+    message = (await conn.execute(
+        select(messages.c.queue_id, messages.c.received_at, messages.c.mail_from, messages.c.stream)
+        .where(messages.c.queue_id == queue_id.strip().upper()))).first()
+    if message is None:
+        return None
+    rows = await conn.execute(select(*_VIEW_COLUMNS).where(deliveries.c.queue_id == message.queue_id)
+                              .order_by(deliveries.c.id))
+    return MessageView(message.queue_id, message.received_at, message.mail_from, message.stream,
+                       [_delivery_view(row) for row in rows])
+
+
+async def delivery_providers(conn: AsyncConnection, delivery_ids: Iterable[int]) -> dict[int, str]:
+    """The provider profile each delivery was last routed to ("" when it never was), so a
+    bounce report or complaint about it can be counted per provider."""
+    wanted = sorted(set(delivery_ids))
+    if not wanted:
+        return {}
+    rows = await conn.execute(select(deliveries.c.id, deliveries.c.provider)
+                              .where(deliveries.c.id.in_(wanted)))
+    return {int(row.id): row.provider or "" for row in rows}

@@ -11,17 +11,20 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway.storage.tables import deliveries, warmup_holds, warmup_sends
 
 
-async def postpone(conn: AsyncConnection, node: str, items: Sequence[tuple[int, datetime]]) -> int:
-    """Give claimed deliveries a later due time and release them, without counting an attempt
-    or writing an event (nothing was sent: a warm-up cap, a suspension or a paused provider).
-    Rows whose lease moved to another node are left alone."""
+async def postpone(conn: AsyncConnection, node: str,
+                   items: Sequence[tuple[int, datetime, str]]) -> int:
+    """Give claimed deliveries (id, due time, provider) a later due time and release them,
+    without counting an attempt or writing an event (nothing was sent: a warm-up cap, a
+    suspension, a paused provider or site, a full backlog). Rows whose lease moved to another
+    node are left alone."""
     if not items:
         return 0
     result = await conn.execute(
         update(deliveries)
         .where(deliveries.c.id == bindparam("b_id"), deliveries.c.claimed_by == node)
-        .values(next_attempt_at=bindparam("b_next"), claimed_by=None, lease_until=None),
-        [{"b_id": delivery_id, "b_next": at} for delivery_id, at in items],
+        .values(next_attempt_at=bindparam("b_next"), provider=bindparam("b_provider"),
+                claimed_by=None, lease_until=None),
+        [{"b_id": delivery_id, "b_next": at, "b_provider": provider} for delivery_id, at, provider in items],
     )
     return int(result.rowcount or 0)
 

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -98,7 +99,12 @@ deliveries = Table(
     Column("lease_until", UTCDateTime()),
     Column("last_reply", Text),
     Column("updated_at", UTCDateTime(), nullable=False),
+    # 0 = transactional (claimed first), 1 = marketing; set from the message's stream.
+    Column("priority", SmallInteger, nullable=False, default=0, server_default="0"),
+    # The provider profile of the last attempt or postponement ("" before the first).
+    Column("provider", String(64), nullable=False, server_default=""),
     Index(None, "state", "next_attempt_at"),
+    Index(None, "state", "priority", "next_attempt_at"),
     Index(None, "queue_id"),
     Index(None, "recipient"),
 )

@@ -192,13 +192,18 @@ def negotiate(available: Collection[str], *, requested: str | None, contact: str
 
 
 def pick_text(texts: Mapping[str, str], code: str, fallback: str = FALLBACK) -> str | None:
-    """A list's name or description in language ``code``, else in English, else None.
+    """A list's name or description in language ``code``, else the default, else English.
 
     The lists table keys them by language tag (``de``, ``zh-CN``); a tag serves ``code`` if
-    negotiating that tag against ``code`` alone would choose it.
+    negotiating that tag against ``code`` alone would choose it. The key ``""`` holds the text
+    given without a language (`gateway lists add news --name News`): the operator's default.
     """
-    for wanted in (code, fallback):
-        for tag, text in texts.items():
-            if text and match(tag, (wanted,)) == wanted:
-                return text
+    for tag, text in texts.items():
+        if text and tag and match(tag, (code,)) == code:
+            return text
+    if texts.get(""):
+        return texts[""]
+    for tag, text in texts.items():
+        if text and tag and match(tag, (fallback,)) == fallback:
+            return text
     return None

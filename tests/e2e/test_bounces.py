@@ -26,6 +26,7 @@ from gateway.storage import consent_store, queue_store
 from gateway.storage.tables import deliveries, inbound
 from tests.e2e.conftest import Running, StartGateway
 from tests.e2e.test_consent import message, send
+from tests.fakes import FakeClock
 
 BOUNCE_DOMAIN = "bounces.example.com"
 
@@ -182,14 +183,6 @@ async def test_a_delay_notice_and_an_auto_reply_change_nothing(start_gateway: St
     await inbound_settled(running)
     assert await inbound_states(running) == ["delayed", "auto-reply"]
     assert await suppressions_of(running, "away@example.net") == []
-
-
-class FakeClock:
-    def __init__(self, start: datetime) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 async def bounced_count(running: Running, address: str, count: int) -> None:

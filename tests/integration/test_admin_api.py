@@ -27,19 +27,12 @@ from gateway.storage.database import Database
 from gateway.storage.migrate import upgrade
 from gateway.web.admin import admin_app
 from gateway.web.api import CONFIRM_ERROR, ApiContext, admin_api
+from tests.fakes import FakeClock
 
 TOKEN = "t0k3n-" + "a" * 40
 PUBLIC_URL = "https://mail.example.com"
 T0 = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
 ERROR_TYPE = "application/json"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @dataclass
@@ -48,7 +41,7 @@ class Api:
     anonymous: httpx.AsyncClient
     db: Database
     codec: TokenCodec
-    clock: Clock
+    clock: FakeClock
 
     async def post(self, path: str, body: Any) -> httpx.Response:
         return await self.client.post(f"/api{path}", json=body)
@@ -72,7 +65,7 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
     db = Database(url)
     await db.start()
     codec = TokenCodec({1: b"k" * 32}, 1)
-    clock = Clock()
+    clock = FakeClock(T0)
     app = admin_app(lambda: True, api=admin_api(ApiContext(db, codec, PUBLIC_URL, TOKEN, clock=clock)))
     transport = httpx.ASGITransport(app=app)
     async with (httpx.AsyncClient(transport=transport, base_url="http://test",

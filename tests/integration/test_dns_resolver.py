@@ -26,6 +26,7 @@ from gateway.dns.errors import (
 )
 from gateway.dns.resolver import MxResolver, MxTarget
 from gateway.sandbox.dnsserver import LoopbackDnsServer
+from tests.fakes import FakeClock
 
 DNS_HOST = "127.0.0.53"
 
@@ -48,14 +49,6 @@ RECORDS = {
 }
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 async def server() -> AsyncIterator[LoopbackDnsServer]:
     async with LoopbackDnsServer(RECORDS, host=DNS_HOST, ttl=60) as running:
@@ -64,7 +57,7 @@ async def server() -> AsyncIterator[LoopbackDnsServer]:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(0.0)
 
 
 @pytest.fixture

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,6 +48,7 @@ def test_policy_test_names_provider_pool_and_limits(tmp_path: Path) -> None:
     assert "pool:     default" in result.stdout
     assert "127.0.0.11 helo mta2.example.com weight 3 (warm-up day 1: 20 to microsoft today)" in result.stdout
     assert "5 connections and 1000/h per source IP" in result.stdout
+    assert "note: no database at" in result.stdout and not (tmp_path / "g.db").exists()  # none created
     bad = gateway("policy", "test", "not an address@", "--mx", "x.example", "-c", str(_config(tmp_path)))
     assert bad.returncode == 2 and "bad address" in bad.stderr
 
@@ -84,3 +87,23 @@ def test_reload_refuses_a_bad_policy_without_signalling(tmp_path: Path) -> None:
     assert f"providers.toml:{line}: providers.gmail.max_message_rate: bad rate" in result.stderr
     stale = gateway("reload", "-c", str(_config(tmp_path)))
     assert stale.returncode == 2 and "process 999999 is not running (stale pid file)" in stale.stderr
+
+
+def test_policy_test_shows_the_held_back_day_the_gateway_saved(tmp_path: Path) -> None:
+    start = datetime.now(UTC).date() - timedelta(days=9)  # day 10 today
+    config = _config(tmp_path).read_text().replace("2099-01-01", start.isoformat())
+    (tmp_path / "config.toml").write_text(config)
+    assert gateway("db", "upgrade", "-c", str(tmp_path / "config.toml")).returncode == 0
+    yesterday, today = datetime.now(UTC).date() - timedelta(days=1), datetime.now(UTC).date()
+    with sqlite3.connect(tmp_path / "g.db") as db:
+        db.execute("INSERT INTO warmup_holds VALUES ('127.0.0.11', 'microsoft', 4, ?)", (yesterday.isoformat(),))
+        db.execute("INSERT INTO warmup_sends VALUES ('127.0.0.11', 'microsoft', ?, 17)", (today.isoformat(),))
+        db.execute("INSERT INTO warmup_holds VALUES ('127.0.0.11', 'gmail', 2, ?)", (today.isoformat(),))
+    args = ("-c", str(tmp_path / "config.toml"))
+    ms = gateway("policy", "test", "bob@hotmail.com", "--mx", "hotmail-com.olc.protection.outlook.com", *args)
+    assert ms.returncode == 0, ms.stderr
+    assert (f"weight 3 (warm-up day 6: 250 to microsoft today, 17 sent; 4 day(s) held back since "
+            f"{yesterday})") in ms.stdout
+    gm = gateway("policy", "test", "bob@gmail.com", "--mx", "gmail-smtp-in.l.google.com", *args)
+    assert "weight 3 (warm-up held back today: from tomorrow day 9: 2000 to gmail, 2 day(s) held back)" \
+        in gm.stdout

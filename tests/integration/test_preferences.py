@@ -26,6 +26,7 @@ from gateway.storage.tables import consent_history, consents, deliveries, messag
 from gateway.web.i18n import CatalogError, Catalogs
 from gateway.web.pages import Pages
 from gateway.web.public import public_app
+from tests.fakes import FakeClock
 
 T0 = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
 PUBLIC_URL = "https://mail.example.com"
@@ -47,20 +48,12 @@ LISTS = [
 ]
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 @dataclass
 class Site:
     web: httpx.AsyncClient
     db: Database
     codec: TokenCodec
-    clock: Clock
+    clock: FakeClock
     token: str  # ann's link from a "news" message
 
     async def deliver(self, recipient: str, list_key: str, queue_id: str) -> int:
@@ -119,7 +112,7 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
     db = Database(url)
     await db.start()
     codec = TokenCodec({1: b"k" * 32}, 1)
-    clock = Clock()
+    clock = FakeClock(T0)
 
     async def setup(conn: Any) -> None:
         for record in LISTS:
@@ -232,8 +225,10 @@ async def test_saving_the_same_form_twice_changes_nothing_more(site: Site) -> No
     fields = [("topic", "news"), ("frequency", "weekly")]
     assert (await site.save(fields)).status_code == 200
     after_first = await site.state()
+    assert await count_events(site) == 1  # leaving offers is in the accounting log, once
     assert (await site.save(fields)).status_code == 200
     assert await site.state() == after_first
+    assert await count_events(site) == 1
 
 
 async def test_ticking_a_topic_the_person_left_confirms_it_again(site: Site) -> None:

@@ -296,3 +296,17 @@ async def test_cli_writes_files_and_prints_counters(tmp_path: Path) -> None:
     envelope = json.loads((tmp_path / "1.json").read_text())
     assert envelope["rcpt_tos"] == ["rcpt@example.net"]
     assert envelope["peer_ip"] == CLIENT_A
+
+
+def test_the_command_line_scripts_refusals_per_address() -> None:
+    from gateway.sandbox.sink import _script_from
+
+    script = _script_from(["gone@example.net=550 5.1.1 user unknown"])
+    assert script is not None
+    assert script.decide("rcpt", ["Gone@Example.net"]).reply == "550 5.1.1 user unknown"
+    assert script.decide("rcpt", ["alive@example.net"]).reply is None
+    assert _script_from([]) is None
+    with pytest.raises(ValueError, match="expected ADDRESS=REPLY"):
+        _script_from(["550 5.1.1 no address"])
+    with pytest.raises(ValueError, match="bad SMTP reply"):
+        _script_from(["gone@example.net=user unknown"])

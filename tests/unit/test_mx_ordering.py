@@ -28,14 +28,7 @@ from gateway.dns.resolver import (
     order_mx,
     parse_mx,
 )
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fakes import FakeClock
 
 
 def mx(preference: int, host: str) -> MxRecord:
@@ -150,7 +143,7 @@ def test_invalid_domains_are_permanent_errors(domain: str) -> None:
 
 
 def test_cache_expires_with_the_injected_clock() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     cache: TtlCache[str, int] = TtlCache(clock)
     cache.put("a", 1, 60)
     clock.now += 59.9
@@ -161,14 +154,14 @@ def test_cache_expires_with_the_injected_clock() -> None:
 
 
 def test_cache_ttl_zero_means_not_cached() -> None:
-    cache: TtlCache[str, int] = TtlCache(FakeClock())
+    cache: TtlCache[str, int] = TtlCache(FakeClock(1000.0))
     cache.put("a", 1, 60)
     cache.put("a", 2, 0)
     assert cache.get("a") is None
 
 
 def test_cache_evicts_expired_entries_first_then_the_oldest() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     cache: TtlCache[str, int] = TtlCache(clock, max_entries=2)
     cache.put("short", 1, 1)
     cache.put("long", 2, 100)

@@ -101,6 +101,16 @@ def test_list_names_fall_back_to_english_then_to_nothing() -> None:
     assert pick_text(names, "ms") == "News" and pick_text({"de": "Tipps"}, "ms") is None
 
 
+def test_a_name_given_without_a_language_is_the_default_before_english() -> None:
+    from gateway.web.i18n import pick_text
+
+    # `gateway lists add news --name Nieuws --name en=News --name de=Neuigkeiten`
+    names = {"": "Nieuws", "en": "News", "de": "Neuigkeiten"}
+    assert pick_text(names, "de") == "Neuigkeiten"
+    assert pick_text(names, "ms") == "Nieuws" and pick_text(names, "en") == "News"
+    assert pick_text({"": "News"}, "en") == "News"
+
+
 def test_every_shipped_catalog_translates_every_message() -> None:
     import re
     from pathlib import Path

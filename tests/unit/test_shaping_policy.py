@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config.loader import ConfigError
+from gateway.config.loader import ConfigError, load_settings
 from gateway.config.policy import Policy, load_policy
 from gateway.shaping.pools import check_pool_bindings
 from gateway.shaping.router import PoolSpec, SourceIp
@@ -89,6 +89,9 @@ def test_bad_rules_are_refused(tmp_path: Path) -> None:
     assert "needs a rate" in _problems(tmp_path)
     _write(tmp_path, "providers.toml", base + "match = 'x'\naction = \"explode\"\n")
     assert "providers.default.rules[0].action" in _problems(tmp_path)
+    _write(tmp_path, "providers.toml", base + "match = '5\\.7\\.26'\naction = \"bounce\"\nduration = \"1h\"\n")
+    assert ("providers.toml:3: providers.default.rules[0]: duration only applies to actions suspend and "
+            "throttle, not bounce") in _problems(tmp_path)
 
 
 def test_warmup_file_is_validated(tmp_path: Path) -> None:
@@ -99,6 +102,22 @@ def test_warmup_file_is_validated(tmp_path: Path) -> None:
     assert "warm-up schedule 'nosuch' names no provider profile" in _problems(tmp_path)
     _write(tmp_path, "warmup.toml", "[warmup.schedules.default]\n1 = 0\n")
     assert "warmup.toml:2" in _problems(tmp_path)
+
+
+def test_warmup_caps_must_grow_and_days_must_be_distinct(tmp_path: Path) -> None:
+    _write(tmp_path, "providers.toml", "[providers.default]\n")
+    _write(tmp_path, "warmup.toml", "[warmup.schedules.default]\n1 = 50\n01 = 60\n3 = 200\n2 = 200\n"
+                                    "4 = \"unlimited\"\n5 = 9000\n")
+    problems = _problems(tmp_path).splitlines()
+    assert problems == [
+        f"{tmp_path}/warmup.toml:3: warmup.schedules.default.01: day '01' repeats day '1'",
+        f"{tmp_path}/warmup.toml:4: warmup.schedules.default.3: cap 200 of day 3 does not grow over 200 of "
+        "day 2: caps must increase day by day",
+        f"{tmp_path}/warmup.toml:7: warmup.schedules.default.5: cap 9000 of day 5 does not grow over "
+        "unlimited of day 4: caps must increase day by day",
+    ]
+    _write(tmp_path, "warmup.toml", "[warmup.schedules.default]\n1 = 50\n2 = 100\n30 = \"unlimited\"\n")
+    assert load_policy(tmp_path).warmup.schedule("gmail") is not None
 
 
 def test_default_profile_is_required_and_matches_nothing_itself(tmp_path: Path) -> None:
@@ -114,3 +133,18 @@ def test_pool_binding_must_name_a_configured_pool() -> None:
     with pytest.raises(ConfigError, match=r"providers\.qq\.pool: no pool named 'overseas'"):
         check_pool_bindings(policy, pools)
     check_pool_bindings(policy, {**pools, "overseas": PoolSpec("overseas", pools["default"].ips)})
+
+
+def test_without_a_default_pool_every_stream_needs_a_pool(tmp_path: Path) -> None:
+    ips = '[{ address = "127.0.0.10", helo = "mta1.example.com" }]'
+    config = tmp_path / "config.toml"
+    config.write_text(f'[[pools]]\nname = "transactional"\nstreams = ["transactional"]\nips = {ips}\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings([config])
+    assert caught.value.problems == [
+        f"{config}: pools: stream marketing is in no pool's streams and no pool is named \"default\": "
+        "add it to a pool's streams or name a pool \"default\""]
+    config.write_text(config.read_text() + f'[[pools]]\nname = "bulk"\nstreams = ["marketing"]\nips = {ips}\n')
+    assert [pool.name for pool in load_settings([config]).pools] == ["transactional", "bulk"]
+    config.write_text(f'[[pools]]\nname = "default"\nips = {ips}\n')
+    assert load_settings([config]).pools[0].streams == []

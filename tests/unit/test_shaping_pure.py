@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import re
-from datetime import date
+from datetime import date, timedelta
 
 import pytest
 
 from gateway.shaping.automation import AutomationRule, first_match
 from gateway.shaping.matching import ProviderMatcher
 from gateway.shaping.rates import Rate, TokenBucket, parse_rate
-from gateway.shaping.warmup import HealthRule, WarmupSchedule, assess, day_index, held_after
+from gateway.shaping.store import MemoryThrottleStore
+from gateway.shaping.warmup import (
+    HealthRule,
+    WarmupSchedule,
+    assess,
+    counts_as_deferral,
+    day_index,
+    held_after,
+)
 from gateway.shaping.wrr import SmoothWrr
 
 MATCHER = ProviderMatcher(
@@ -137,12 +145,60 @@ def test_warmup_health_decisions() -> None:
     assert held_after(back, "healthy", 2) == 2
 
 
-def test_pause_holds_the_day_and_step_back_lowers_it() -> None:
-    start, today, tomorrow = date(2026, 11, 1), date(2026, 11, 5), date(2026, 11, 6)
-    assert day_index(start, today) == 5
-    assert day_index(start, tomorrow, held_days=held_after(HealthRule(), "pause", 0)) == 5
-    step = HealthRule(action="step_back", step_back_days=3)
-    assert day_index(start, today, held_days=held_after(step, "step_back", 0)) == 1
+async def _decide(rule: HealthRule, held_before: int, on: date) -> MemoryThrottleStore:
+    store = MemoryThrottleStore()
+    if held_before:
+        await store.hold("127.0.0.12", "gmail", on - timedelta(days=7), held_before)
+    decision = "pause" if rule.action == "pause" else "step_back"
+    assert await store.hold("127.0.0.12", "gmail", on, held_after(rule, decision, held_before))
+    return store
+
+
+@pytest.mark.parametrize(("rule", "tomorrow_day"), [
+    (HealthRule(action="pause"), 5),  # tomorrow repeats today's day 5
+    (HealthRule(action="step_back", step_back_days=3), 2),  # exactly 3 days back from day 5
+    (HealthRule(action="step_back", step_back_days=1), 4),
+])
+async def test_a_decision_leaves_today_alone_and_counts_from_tomorrow(rule: HealthRule, tomorrow_day: int) -> None:
+    start, today = date(2026, 11, 1), date(2026, 11, 5)
+    store = await _decide(rule, 0, today)
+    held_today = await store.held_days("127.0.0.12", "gmail", today)
+    assert day_index(start, today, held_today) == 5 and SCHEDULE.cap(5) == 500  # cap unchanged today
+    held_tomorrow = await store.held_days("127.0.0.12", "gmail", today + timedelta(days=1))
+    assert day_index(start, today + timedelta(days=1), held_tomorrow) == tomorrow_day
+    assert not await store.hold("127.0.0.12", "gmail", today, 99)  # one decision per day
+
+
+async def test_a_second_decision_keeps_earlier_held_days_until_it_counts() -> None:
+    start, today = date(2026, 11, 1), date(2026, 11, 20)
+    store = await _decide(HealthRule(action="pause"), 4, today)  # held 4 since a week ago
+    assert day_index(start, today, await store.held_days("127.0.0.12", "gmail", today)) == 16
+    assert day_index(start, today + timedelta(days=1),
+                     await store.held_days("127.0.0.12", "gmail", today + timedelta(days=1))) == 16
+    assert await store.held_days("127.0.0.12", "gmail") == 5  # the base of the next decision
+
+
+async def test_snapshot_keeps_the_latest_decision_and_restore_cannot_decide_twice() -> None:
+    today = date(2026, 11, 20)
+    store = await _decide(HealthRule(action="pause"), 4, today)
+    _, holds = store.warmup_snapshot(today)
+    assert holds == {("127.0.0.12", "gmail"): (5, today)}
+    restarted = MemoryThrottleStore()
+    restarted.restore_warmup(today, {}, {("127.0.0.12", "gmail"): (2, date(2026, 11, 1))})
+    restarted.restore_warmup(today, {}, holds)
+    restarted.restore_warmup(today, {}, {("127.0.0.12", "gmail"): (3, date(2026, 11, 10))})
+    assert restarted.warmup_snapshot(today)[1] == holds  # the latest day wins, whatever the order
+    assert not await restarted.hold("127.0.0.12", "gmail", today, 6)  # no second hold today
+    assert await restarted.held_days("127.0.0.12", "gmail", today + timedelta(days=1)) == 5
+
+
+@pytest.mark.parametrize(("kind", "action", "counts"), [
+    ("transient", None, True), ("transient", "suspend", True), ("permanent", "throttle", True),
+    ("permanent", "bounce", False), ("transient", "bounce", False), ("permanent", None, False),
+    ("delivered", None, False),
+])
+def test_bounce_rule_matches_are_not_deferrals(kind: str, action: str | None, counts: bool) -> None:
+    assert counts_as_deferral(kind, action) is counts
 
 
 RULES = (
