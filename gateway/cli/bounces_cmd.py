@@ -10,12 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config.loader import ConfigError, load_settings
+from gateway.config.schema import Settings
 from gateway.feedback.classify import RULES_FILE, Classifier
 from gateway.feedback.reports import Report, ReportedRecipient, parse_report
 from gateway.feedback.verdicts import Verdict
 
 AddConfig = Callable[[argparse.ArgumentParser], None]
 MAX_FILE = 32 * 1024 * 1024
+
+SOURCE_TREE = Path(__file__).resolve().parents[2]  # gateway/cli/ -> the checkout
 
 
 def add_parsers(verbs: Any, add_config: AddConfig) -> None:
@@ -42,7 +45,7 @@ def add_parsers(verbs: Any, add_config: AddConfig) -> None:
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rules", type=Path, metavar="FILE",
                         help="rule file (default: bounces.toml in the policy dir of -c, "
-                             "else ./policies/bounces.toml)")
+                             "else ./policies/bounces.toml, else the one shipped with the gateway)")
     parser.add_argument("--provider", default="", help="provider name for provider-specific rules")
     parser.add_argument("-c", "--config", action="append", type=Path, metavar="FILE",
                         help="settings file, for the policy dir and bounce domain")
@@ -50,7 +53,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config) if args.config else None
-    rules = args.rules or (settings.policy.dir if settings else Path("policies")) / RULES_FILE
+    rules = args.rules or _default_rules(settings)
     if not rules.is_file():
         raise ConfigError([f"{rules}: bounce rule file not found (give --rules FILE or -c CONFIG)"])
     classifier = Classifier.load(rules)
@@ -59,6 +62,16 @@ def run(args: argparse.Namespace) -> int:
     domain = args.bounce_domain if args.bounce_domain is not None else (
         settings.bounce.domain if settings else "")
     return _classify(args, classifier, domain)
+
+
+def _default_rules(settings: Settings | None) -> Path:
+    """The configured policy dir's rules; without -c, ./policies, then the source tree's
+    own policies/ (so that the command works from any directory in a checkout)."""
+    if settings is not None:
+        return settings.policy.dir / RULES_FILE
+    here = Path("policies") / RULES_FILE
+    shipped = SOURCE_TREE / "policies" / RULES_FILE
+    return here if here.is_file() or not shipped.is_file() else shipped
 
 
 def _test(args: argparse.Namespace, classifier: Classifier) -> int:

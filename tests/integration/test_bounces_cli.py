@@ -118,10 +118,17 @@ def test_test_verb_delayed_is_soft(capsys: pytest.CaptureFixture[str]) -> None:
     assert "read as a delayed DSN: never hard" in out
 
 
+def test_outside_the_checkout_the_shipped_rules_apply(tmp_path: Path) -> None:
+    done = _gateway("bounces", "test", "550 5.1.1 user unknown", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"[{RULES}:" in done.stdout and "verdict: hard user-unknown" in done.stdout
+
+
 def test_rules_file_errors_are_one_line(tmp_path: Path) -> None:
-    done = _gateway("bounces", "test", "550 x", cwd=tmp_path)
+    missing = tmp_path / "none.toml"
+    done = _gateway("bounces", "test", "--rules", str(missing), "550 x", cwd=tmp_path)
     assert done.returncode == 2
-    assert done.stderr.strip() == ("gateway: policies/bounces.toml: bounce rule file not found "
+    assert done.stderr.strip() == (f"gateway: {missing}: bounce rule file not found "
                                    "(give --rules FILE or -c CONFIG)")
     bad = tmp_path / "bad.toml"
     bad.write_text('[[rule]]\nname = "x"\nclass = "policy"\nseverity = "hard"\ntext = ["x"]\n')
