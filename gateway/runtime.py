@@ -97,10 +97,11 @@ class Gateway:
         self._warmup_task: asyncio.Task[None] | None = None
         self.agent = DeliveryAgent(resolver_from(settings), self.router)
         self.classifier = Classifier.from_policy_dir(settings.policy.dir)
-        self.scheduler = Scheduler(self.db, bodies, self._deliver, retry=policy.default.retry,
+        # Read through self.policy, so that a reload takes effect for the next outcome.
+        self.scheduler = Scheduler(self.db, bodies, self._deliver,
+                                   retry_for=lambda provider: self.policy.profile(provider).retry,
                                    node=self.node, classify=self._classify,
                                    soft_rule=soft_rule_from(settings.bounce))
-        self.scheduler.retry_for = lambda provider: self.policy.profile(provider).retry
         self.spool = Spool(self.db, bodies, on_stored=self.scheduler.wake,
                            on_inbound=lambda: self.inbound.wake())
         self.keyring = KeyRing.load(settings.domains)
@@ -209,7 +210,6 @@ class Gateway:
         self.policy = policy
         self.classifier = classifier
         self.router.update_policy(policy)
-        self.scheduler.retry = policy.default.retry
         metrics.CONFIG_RELOADS.labels("success").inc()
         log.info("policy reloaded from %s", directory)
         return True

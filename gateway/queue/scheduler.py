@@ -109,19 +109,18 @@ STREAM_PRIORITY = {"transactional": 0, "marketing": 1}
 
 class Scheduler:
     def __init__(self, db: Database, bodies: BodyCache, deliver: Deliver, *,
-                 retry: RetrySchedule, node: str, max_in_flight: int = 500,
+                 retry_for: Callable[[str], RetrySchedule], node: str, max_in_flight: int = 500,
                  clock: Clock = utcnow, classify: Classify = no_verdict,
                  soft_rule: SoftBounceRule = DEFAULT_SOFT_RULE) -> None:
         self.db = db
         self.bodies = bodies
         self.deliver = deliver
-        self.retry = retry
+        # The retry schedule of a provider profile ("": a delivery that was never routed).
+        self.retry_for = retry_for
         self.node = node
         self.max_in_flight = max_in_flight
         self.clock = clock
         self.classify = classify
-        # Per-provider retry schedules (shaping); None: ``retry`` for every delivery.
-        self.retry_for: Callable[[str], RetrySchedule] | None = None
         self.soft_rule = soft_rule  # when soft bounces add up to a suppression (issue 8)
         self._wake = asyncio.Event()
         self._slot_free = asyncio.Event()
@@ -231,9 +230,7 @@ class Scheduler:
         except Exception as exc:
             log.exception("delivery %d failed unexpectedly", claim.delivery_id)
             result = AttemptResult("transient", f"internal error: {type(exc).__name__}")
-        retry = self.retry
-        if self.retry_for is not None and isinstance(result, ShapedResult):
-            retry = self.retry_for(result.provider)
+        retry = self.retry_for(result.provider if isinstance(result, ShapedResult) else "")
         self._outcomes.append(outcome_for(claim, result, retry, self.clock(), self.classify))
         self._outcomes_ready.set()
 
