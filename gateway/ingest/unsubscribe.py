@@ -30,7 +30,6 @@ ALL_MARKETING = ""  # the list key of history rows about all marketing (the glob
 class Unsubscribed:
     recipient: str
     list_key: str  # "" = all marketing
-    list_name: str
     dropped: int  # queued messages that will not be sent
 
 
@@ -44,12 +43,6 @@ class Click:
     at: datetime
 
 
-async def recipient_of(db: Database, codec: TokenCodec, token: str) -> tuple[DeliveryRef, str]:
-    """The delivery a link names, and its list's friendly name (raises BadToken)."""
-    ref = await references.resolve(db, codec, token, Purpose.UNSUBSCRIBE)
-    return ref, await _list_name(db, ref.list_key)
-
-
 @dataclass(frozen=True)
 class Left:
     """What leaving did: queued copies dropped, and whether anything was not so already."""
@@ -59,7 +52,8 @@ class Left:
 
 
 async def unsubscribe(db: Database, codec: TokenCodec, token: str, click: Click) -> Unsubscribed:
-    ref, name = await recipient_of(db, codec, token)
+    """Leave the list the link names (BadToken for a link that names no delivery)."""
+    ref = await references.resolve(db, codec, token, Purpose.UNSUBSCRIBE)
     proof = f"List-Unsubscribe {click.source}, delivery {ref.delivery_id}"
 
     async def write(conn: AsyncConnection) -> int:
@@ -71,7 +65,7 @@ async def unsubscribe(db: Database, codec: TokenCodec, token: str, click: Click)
         return left.dropped
 
     dropped = await db.write(write)
-    return Unsubscribed(ref.recipient, ref.list_key, name, dropped)
+    return Unsubscribed(ref.recipient, ref.list_key, dropped)
 
 
 async def record_unsubscribed(conn: AsyncConnection, ref: DeliveryRef, list_key: str, click: Click,
@@ -127,13 +121,3 @@ async def leave_all(conn: AsyncConnection, recipient: str, click: Click, proof: 
 def _stored_address(recipient: str, contact: ContactRow | None) -> str | None:
     """The address written into a suppression: none for a contact erased on request."""
     return None if contact is not None and contact.erased_at is not None else recipient
-
-
-async def _list_name(db: Database, key: str) -> str:
-    if not key:
-        return "all marketing mail"
-    lists = {record.key: record for record in await db.read(consent_store.all_lists)}
-    record = lists.get(key)
-    if record is None:
-        return key
-    return record.names.get("en") or record.names.get("") or next(iter(record.names.values()), key)

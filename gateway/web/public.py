@@ -221,7 +221,7 @@ class Site:
         lang = self.language(request, None)
         if done.list_key:
             names, _ = await self._list_texts(done.list_key)
-            topic = pick_text(names, lang.code) or done.list_name
+            topic = _name(names, done.list_key, lang)
         else:
             topic = lang.gettext("all marketing messages")
         return self.html(200, "unsubscribed.html", lang, "Unsubscribed", topic=topic,
