@@ -43,6 +43,11 @@ def read_toml(path: Path) -> SourceFile:
         raise ConfigError([f"{path}: file not found"]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{path}: cannot read: {exc}"]) from None
+    return parse_toml(path, text)
+
+
+def parse_toml(path: Path, text: str) -> SourceFile:
+    """TOML text already read; ``path`` names it in errors."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

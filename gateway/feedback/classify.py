@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.config.loader import ConfigError, SourceFile, read_toml, validate_layers
+from gateway.config.loader import SourceFile, parse_toml, read_toml, validate_layers
 from gateway.feedback import mailtext
 from gateway.feedback.prefilter import LiteralIndex, lower_pattern, required_literals
 from gateway.feedback.reports import Report, ReportedRecipient
@@ -155,21 +155,17 @@ class Classifier:
     @classmethod
     def load(cls, path: Path) -> Classifier:
         """Read and validate a rule file; ConfigError names file, key and line."""
-        source = read_toml(path)
-        rules = validate_layers(RuleFile, [source])
-        return cls(rules, source=str(path), lines=_rule_lines(source))
+        return cls._from_source(read_toml(path))
 
     @classmethod
     def from_text(cls, text: str, *, name: str = "bounces.toml") -> Classifier:
         """A classifier from TOML text (tests, tools): same validation as :meth:`load`."""
-        import tomllib
+        return cls._from_source(parse_toml(Path(name), text))
 
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError([f"{name}: invalid TOML: {exc}"]) from None
-        source = SourceFile(Path(name), text, data)
-        return cls(validate_layers(RuleFile, [source]), source=name, lines=_rule_lines(source))
+    @classmethod
+    def _from_source(cls, source: SourceFile) -> Classifier:
+        rules = validate_layers(RuleFile, [source])
+        return cls(rules, source=str(source.path), lines=_rule_lines(source))
 
     @property
     def rules(self) -> tuple[Rule, ...]:
