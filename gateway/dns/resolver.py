@@ -223,10 +223,25 @@ def make_resolver(
     nameservers: Sequence[tuple[str, int]], timeout: float
 ) -> dns.asyncresolver.Resolver:
     """Build dnspython's resolver; with no nameservers it reads the system configuration."""
+    return _configured(dns.asyncresolver.Resolver, nameservers, timeout)
+
+
+def make_blocking_resolver(
+    nameservers: Sequence[tuple[str, int]], timeout: float
+) -> dns.resolver.Resolver:
+    """The same for code that must block (dkimpy's DNS callback, run in a thread)."""
+    return _configured(dns.resolver.Resolver, nameservers, timeout)
+
+
+ResolverT = TypeVar("ResolverT", bound=dns.resolver.BaseResolver)
+
+
+def _configured(kind: type[ResolverT], nameservers: Sequence[tuple[str, int]],
+                timeout: float) -> ResolverT:
     if not nameservers:
-        resolver = dns.asyncresolver.Resolver()
+        resolver = kind()
     else:
-        resolver = dns.asyncresolver.Resolver(configure=False)
+        resolver = kind(configure=False)
         servers: list[str | dns.nameserver.Nameserver] = []
         for host, port in nameservers:
             address = _ip_literal(host)

@@ -24,9 +24,10 @@ from dataclasses import dataclass
 import authres
 import dkim
 import dns.exception
-import dns.nameserver
 import dns.resolver
 from dkim.util import parse_tag_value
+
+from gateway.dns.resolver import make_blocking_resolver
 
 log = logging.getLogger(__name__)
 TxtLookup = Callable[..., bytes | None]
@@ -53,11 +54,7 @@ def txt_lookup(nameservers: Sequence[tuple[str, int]], timeout: float) -> TxtLoo
     """dkimpy's ``dnsfunc``: TXT text for a name, through our nameservers (system's if none).
     No such name or no TXT record: None (the signature fails); anything else raises
     TemporaryDnsFailure so that the report is judged again later rather than distrusted."""
-    resolver = dns.resolver.Resolver(configure=not nameservers)
-    if nameservers:
-        resolver.nameservers = [dns.nameserver.Do53Nameserver(host, port) for host, port in nameservers]
-    resolver.lifetime = timeout
-    resolver.cache = None
+    resolver = make_blocking_resolver(nameservers, timeout)
 
     def lookup(name: bytes, timeout: float = timeout) -> bytes | None:
         try:
