@@ -52,6 +52,7 @@ from gateway.feedback.verdicts import ReportKind, Verdict
 from gateway.ingest.addresses import address_key, normalize_recipient
 from gateway.ingest.unsubscribe import Click, unsubscribe
 from gateway.queue import references
+from gateway.rewrite.copies import UNSUBSCRIBE_PREFIX, VERP_PREFIX
 from gateway.rewrite.tokens import BadToken, Binding, Purpose, TokenCodec
 from gateway.storage import feedback_store, queue_store
 from gateway.storage.database import Database
@@ -62,8 +63,6 @@ from gateway.storage.queue_store import DEFAULT_SOFT_RULE, DeliveryRef, InboundR
 log = logging.getLogger(__name__)
 POLL_SECONDS = 2.0
 PAGE = 100
-UNSUBSCRIBE_PREFIX = "unsubscribe+"
-VERP_PREFIX = "b+"
 LARGE_REPORT = 256 * 1024  # parsed in a thread above this size
 MAX_ATTEMPTS = 5  # a row whose handling keeps failing is marked failed after this many tries
 RETRY_AFTER_SECONDS = 60.0  # a row left new (database error, DNS failure) waits this long, times tries

@@ -53,10 +53,15 @@ class Copy:
         return self.head + self.body
 
 
+# Local parts at the bounce domain; gateway/feedback/inbound.py reads them back.
+VERP_PREFIX = "b+"
+UNSUBSCRIBE_PREFIX = "unsubscribe+"
+
+
 def list_unsubscribe(token: str, rules: CopyRules) -> list[Header]:
     """RFC 2369 + RFC 8058: an https one-click link first, then mailto for older clients."""
     url = f"{rules.public_url.rstrip('/')}/u/{token}"
-    mailto = f"mailto:unsubscribe+{token}@{rules.bounce_domain}"
+    mailto = f"mailto:{UNSUBSCRIBE_PREFIX}{token}@{rules.bounce_domain}"
     return [h.field(b"List-Unsubscribe", f"<{url}>, <{mailto}>"),
             h.field(b"List-Unsubscribe-Post", "List-Unsubscribe=One-Click")]
 
@@ -73,7 +78,7 @@ def return_path(recipient: Recipient, codec: TokenCodec, rules: CopyRules) -> st
     if not recipient.mail_from or not rules.verp:
         return recipient.mail_from
     token = codec.issue(Purpose.VERP, recipient.delivery_id, _binding(recipient))
-    return f"b+{token}@{rules.bounce_domain}"
+    return f"{VERP_PREFIX}{token}@{rules.bounce_domain}"
 
 
 def personal_headers(headers: Sequence[Header], recipient: Recipient, codec: TokenCodec,
