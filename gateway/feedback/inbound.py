@@ -52,8 +52,7 @@ from gateway.feedback.verdicts import ReportKind, Verdict
 from gateway.ingest.addresses import address_key, normalize_recipient
 from gateway.ingest.unsubscribe import Click, unsubscribe
 from gateway.queue import references
-from gateway.rewrite.copies import UNSUBSCRIBE_PREFIX, VERP_PREFIX
-from gateway.rewrite.tokens import BadToken, Binding, Purpose, TokenCodec
+from gateway.rewrite.tokens import UNSUBSCRIBE_PREFIX, VERP_PREFIX, BadToken, Binding, Purpose, TokenCodec
 from gateway.storage import feedback_store, queue_store
 from gateway.storage.database import Database
 from gateway.storage.errors import StorageError

@@ -19,6 +19,8 @@ import quopri
 import re
 from collections.abc import Iterable
 
+from gateway.rewrite.tokens import VERP_PREFIX
+
 # Charsets that mail declares but Python names differently or more narrowly.
 _CHARSETS: dict[str, tuple[str, ...]] = {
     "gb2312": ("gb18030",), "gbk": ("gb18030",), "x-gbk": ("gb18030",), "gb_2312-80": ("gb18030",),
@@ -340,7 +342,8 @@ def addresses(text: str) -> list[str]:
 
 def verp_tokens(texts: Iterable[str], bounce_domain: str) -> tuple[str, ...]:
     domain = re.escape(bounce_domain) if bounce_domain else r"[A-Za-z0-9.-]+"
-    pattern = re.compile(rf"(?<![A-Za-z0-9._%+=-])b\+([A-Za-z0-9]{{8,100}})@{domain}"
+    prefix = re.escape(VERP_PREFIX)
+    pattern = re.compile(rf"(?<![A-Za-z0-9._%+=-]){prefix}([A-Za-z0-9]{{8,100}})@{domain}"
                          r"(?![A-Za-z0-9-]|\.[A-Za-z0-9])", re.IGNORECASE)
     found: dict[str, None] = {}
     for text in texts:

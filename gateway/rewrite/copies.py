@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from gateway.rewrite import headers as h
 from gateway.rewrite.headers import Header
 from gateway.rewrite.message import Controls
-from gateway.rewrite.tokens import Binding, Purpose, TokenCodec
+from gateway.rewrite.tokens import UNSUBSCRIBE_PREFIX, VERP_PREFIX, Binding, Purpose, TokenCodec
 from gateway.signing import signer
 from gateway.signing.keys import SigningKey
 
@@ -51,11 +51,6 @@ class Copy:
     @property
     def data(self) -> bytes:
         return self.head + self.body
-
-
-# Local parts at the bounce domain; gateway/feedback/inbound.py reads them back.
-VERP_PREFIX = "b+"
-UNSUBSCRIBE_PREFIX = "unsubscribe+"
 
 
 def list_unsubscribe(token: str, rules: CopyRules) -> list[Header]:

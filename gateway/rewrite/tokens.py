@@ -39,6 +39,11 @@ MAX_DELIVERY_ID = (1 << 63) - 1  # a signed 64-bit column holds it on SQLite and
 _TOKEN = re.compile(rf"[a-zA-Z2-7]{{{TOKEN_LENGTH}}}")
 
 
+# Local parts at the bounce domain that carry a token (rewrite/copies.py writes them,
+# gateway/feedback/ reads them back).
+VERP_PREFIX = "b+"
+UNSUBSCRIBE_PREFIX = "unsubscribe+"
+
 class Purpose(StrEnum):
     UNSUBSCRIBE = "unsubscribe"
     VERP = "verp"
