@@ -11,7 +11,8 @@ questions and returns one :class:`CheckResult` per item of the checklist. Which 
 * every sending IP has forward-confirmed reverse DNS.
 
 Recommended only (a warning, never a non-zero exit): SPF of the From domain itself when the
-bounce domain differs, selectors prepared for rotation (``sign = false``), DMARC ``rua``, the
+bounce domain differs, SPF of each HELO name (RFC 7208 2.3: receivers check it for null-sender
+mail and some score it), selectors prepared for rotation (``sign = false``), DMARC ``rua``, the
 bounce domain's MX pointing at the gateway. MTA-STS and TLS-RPT are reported for information.
 """
 
@@ -98,6 +99,7 @@ def run_checks(plan: CheckPlan) -> Asks[list[CheckResult]]:
     results += yield from check_dmarc(plan)
     for sending in plan.sending_ips:
         results.append((yield from check_reverse_dns(sending)))
+    results += yield from check_helo_spf(plan.sending_ips)
     results.append((yield from check_bounce_mx(plan)))
     results += yield from check_transport_policies(plan.domain)
     return results
@@ -140,6 +142,28 @@ def check_spf(plan: CheckPlan, domain: str, *, required: bool) -> Asks[list[Chec
                             _flatten_advice(cost))]
     return [CheckResult("SPF", domain, "pass", required,
                         f"{role}: pass for {ips} ({cost.total} of {MAX_LOOKUPS} lookups in the record)")]
+
+
+def check_helo_spf(sending_ips: tuple[SendingIp, ...]) -> Asks[list[CheckResult]]:
+    """One line per HELO name: does its SPF record authorize the IPs that announce it?"""
+    by_helo: dict[str, list[IPAddress]] = {}
+    for sending in sending_ips:
+        by_helo.setdefault(sending.helo, []).append(sending.address)
+    results: list[CheckResult] = []
+    for helo, ips in by_helo.items():
+        failing: list[str] = []
+        for ip in ips:
+            outcome = yield from check_host(ip, helo, Identity(f"postmaster@{helo}", helo))
+            if outcome.result != "pass":
+                failing.append(f"{ip}: {outcome.result} ({outcome.reason})")
+        if failing:
+            terms = " ".join(f"ip{ip.version}:{ip}" for ip in ips)
+            results.append(CheckResult("HELO SPF", helo, "warn", False, "; ".join(failing),
+                                       f'publish {helo}. IN TXT "v=spf1 {terms} -all"'))
+        else:
+            results.append(CheckResult("HELO SPF", helo, "pass", False,
+                                       f"pass for {', '.join(str(ip) for ip in ips)}"))
+    return results
 
 
 def _spf_fix(domain: str, uncovered: list[IPAddress], cost: LookupCost, *,

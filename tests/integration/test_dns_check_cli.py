@@ -41,6 +41,8 @@ GOOD = {
     ("mta1.example.com", "A"): ["127.0.0.10"],
     ("mta2.example.com", "A"): ["127.0.0.11"],
     ("gw.example.com", "A"): ["127.0.0.10"],
+    ("mta1.example.com", "TXT"): ["v=spf1 a -all"],
+    ("mta2.example.com", "TXT"): ["v=spf1 ip4:127.0.0.11 -all"],
     ("_mta-sts.example.com", "TXT"): ["v=STSv1; id=20240101"],
 }
 
@@ -116,6 +118,8 @@ async def test_good_zone_passes(good: Path, capsys: pytest.CaptureFixture[str]) 
         "SPF bounces.example.com aligned (aspf=r)",
         "✓ PTR 127.0.0.10: 127.0.0.10 -> mta1.example.com -> 127.0.0.10",
         "✓ PTR 127.0.0.11: 127.0.0.11 -> mta2.example.com -> 127.0.0.11",
+        "✓ HELO SPF mta1.example.com: pass for 127.0.0.10",
+        "✓ HELO SPF mta2.example.com: pass for 127.0.0.11",
         "✓ bounce MX bounces.example.com: MX gw.example.com is the gateway",
         "· MTA-STS _mta-sts.example.com: published: v=STSv1; id=20240101",
         "· TLS-RPT _smtp._tls.example.com: not published (optional)",
@@ -149,11 +153,15 @@ async def test_broken_zone_names_each_problem_and_its_fix(
         "✗ PTR 127.0.0.11: PTR mta2.example.com -> 127.0.0.99: not forward-confirmed (needs 127.0.0.11)",
         "    fix: make mta2.example.com. IN A 127.0.0.11 (now 127.0.0.99); the PTR already names the "
         "HELO host",
+        "! HELO SPF mta1.example.com: 127.0.0.10: none (mta1.example.com has no SPF record) (recommended)",
+        '    fix: publish mta1.example.com. IN TXT "v=spf1 ip4:127.0.0.10 -all"',
+        "! HELO SPF mta2.example.com: 127.0.0.11: none (mta2.example.com has no SPF record) (recommended)",
+        '    fix: publish mta2.example.com. IN TXT "v=spf1 ip4:127.0.0.11 -all"',
         "! bounce MX bounces.example.com: MX mx.elsewhere.example: not the gateway (gw.example.com); DSNs "
         "and complaints will not reach it (recommended)",
         "    fix: publish bounces.example.com. IN MX 10 gw.example.com.",
     ]
-    assert lines[-1] == "FAILED: 4 required check(s) fail the Gmail/Yahoo bulk-sender rules; 2 warning(s)"
+    assert lines[-1] == "FAILED: 4 required check(s) fail the Gmail/Yahoo bulk-sender rules; 4 warning(s)"
 
 
 async def test_json_output(broken: Path, capsys: pytest.CaptureFixture[str]) -> None:

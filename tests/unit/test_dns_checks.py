@@ -179,6 +179,7 @@ GOOD: dict[tuple[str, str], list[str]] = {
     ("_dmarc.example.com", "TXT"): ["v=DMARC1; p=none; rua=mailto:d@example.com"],
     ("10.2.0.192.in-addr.arpa", "PTR"): ["mta1.example.com."],
     ("mta1.example.com", "A"): ["192.0.2.10"],
+    ("mta1.example.com", "TXT"): ["v=spf1 a -all"],
     ("_smtp._tls.example.com", "TXT"): ["v=TLSRPTv1; rua=mailto:tls@example.com"],
 }
 
@@ -191,7 +192,7 @@ def test_a_good_zone_passes_everything() -> None:
     results = run(checks.run_checks(plan()), GOOD)
     assert [(r.check, r.status) for r in results] == [
         ("SPF", "pass"), ("SPF", "pass"), ("DKIM", "pass"), ("DMARC", "pass"), ("DMARC alignment", "pass"),
-        ("PTR", "pass"), ("bounce MX", "pass"), ("MTA-STS", "info"), ("TLS-RPT", "info")]
+        ("PTR", "pass"), ("HELO SPF", "pass"), ("bounce MX", "pass"), ("MTA-STS", "info"), ("TLS-RPT", "info")]
     assert not any(r.blocks for r in results)
     assert by_check(results)["SPF bounces.example.com"].detail == (
         "envelope (bounce) domain: pass for 192.0.2.10 (0 of 10 lookups in the record)")
@@ -353,6 +354,18 @@ def test_fcrdns_with_another_name_than_helo_warns() -> None:
     result = reverse(GOOD, helo="out.example.com")
     assert (result.status, result.blocks) == ("warn", False)
     assert result.fix is not None and result.fix.startswith('set helo = "mta1.example.com" for 192.0.2.10')
+
+
+def test_helo_spf_is_recommended_with_the_record_to_publish() -> None:
+    other = ipaddress.ip_address("192.0.2.11")
+    sending = (SendingIp(IP, "mta1.example.com"), SendingIp(other, "mta1.example.com"))
+    [shared] = run(checks.check_helo_spf(sending), GOOD)
+    assert (shared.status, shared.blocks) == ("warn", False)
+    assert shared.detail.startswith("192.0.2.11: fail")
+    assert shared.fix == 'publish mta1.example.com. IN TXT "v=spf1 ip4:192.0.2.10 ip4:192.0.2.11 -all"'
+    [missing] = run(checks.check_helo_spf((SendingIp(IP, "mta9.example.com"),)), GOOD)
+    assert (missing.check, missing.subject, missing.status) == ("HELO SPF", "mta9.example.com", "warn")
+    assert missing.detail.startswith("192.0.2.10: none")
 
 
 def test_bounce_mx() -> None:
