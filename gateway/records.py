@@ -18,15 +18,18 @@ from gateway.feedback.verdicts import Verdict
 class DeliveryState(enum.StrEnum):
     """Where one recipient's copy of a message stands.
 
-    ``queued`` and ``deferred`` are still in the queue; the others are final. Every
-    recipient accepted at intake ends in exactly one final state, which is why
-    received = delivered + bounced + suppressed + expired + (queued + deferred) holds.
+    ``queued``, ``deferred`` and ``held`` are still in the queue; the others are final.
+    Every recipient accepted at intake ends in exactly one final state, which is why
+    received = delivered + bounced + suppressed + expired + (queued + deferred + held) holds.
     ``suppressed`` recipients were accepted at end of DATA but refused by the consent and
     suppression rules (a "drop", or one of several recipients): they are never sent.
+    ``held`` copies are kept but never claimed (their campaign is paused, or an operator held
+    them) until they are released; they do not expire while held.
     """
 
     QUEUED = "queued"
     DEFERRED = "deferred"
+    HELD = "held"
     DELIVERED = "delivered"
     BOUNCED = "bounced"
     EXPIRED = "expired"
@@ -39,7 +42,11 @@ class DeliveryState(enum.StrEnum):
 
 FINAL_STATES = frozenset({DeliveryState.DELIVERED, DeliveryState.BOUNCED, DeliveryState.EXPIRED,
                           DeliveryState.SUPPRESSED})
+# Waiting for an attempt: what the scheduler claims once due.
 PENDING_STATES = frozenset({DeliveryState.QUEUED, DeliveryState.DEFERRED})
+# Still in the queue (not final): the pending states and the held copies. A body is kept while
+# any delivery of its message is in one of them.
+QUEUE_STATES = PENDING_STATES | {DeliveryState.HELD}
 
 
 def new_queue_id(now: datetime) -> str:

@@ -23,7 +23,7 @@ from gateway.feedback.verdicts import Verdict
 from gateway.queue.retry import RetrySchedule
 from gateway.queue.spool import BodyCache
 from gateway.records import (
-    PENDING_STATES,
+    QUEUE_STATES,
     AttemptResult,
     ClaimedDelivery,
     DeliveryState,
@@ -312,7 +312,7 @@ class Scheduler:
                 oldest = await self.db.read(queue_store.next_due)
             except StorageError:
                 counts, oldest = {}, None
-            for state in PENDING_STATES:
+            for state in QUEUE_STATES:  # held copies are in the queue too (accounting identity)
                 metrics.QUEUE_DELIVERIES.labels(state.value).set(counts.get(state.value, 0))
             overdue = (self.clock() - oldest).total_seconds() if oldest else 0.0
             metrics.OLDEST_QUEUED_SECONDS.set(max(overdue, 0.0))

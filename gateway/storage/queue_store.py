@@ -22,18 +22,20 @@ from gateway.ingest.addresses import address_hash, address_key, normalize_recipi
 from gateway.ingest.rules import ANY_STREAM_REASONS
 from gateway.records import (
     PENDING_STATES,
+    QUEUE_STATES,
     ClaimedDelivery,
     DeliveryState,
     InboundMessage,
     NewMessage,
     Outcome,
 )
-from gateway.storage import consent_store, feedback_store
+from gateway.storage import campaign_store, consent_store, feedback_store
 from gateway.storage.feedback_store import BounceEffect, BounceFact
 from gateway.storage.tables import deliveries, events, inbound, messages, suppressions
 
 log = logging.getLogger(__name__)
-_PENDING = [s.value for s in PENDING_STATES]
+_PENDING = [s.value for s in PENDING_STATES]  # claimable once due
+_IN_QUEUE = [s.value for s in QUEUE_STATES]  # not final: pending or held
 PRIORITIES = {"transactional": 0, "marketing": 1}
 """``deliveries.priority`` by stream: lower is claimed first; an unknown stream ranks last."""
 LOWEST_PRIORITY = max(PRIORITIES.values())
@@ -46,8 +48,9 @@ def recipient_domain(address: str) -> str:
 
 async def insert_messages(conn: AsyncConnection, batch: Sequence[NewMessage]) -> None:
     """Messages and one delivery row per recipient, a few statements for the whole batch:
-    suppressed recipients get a final row and an event saying why, and accepted marketing
-    copies update the frequency caps' last-send times in the same transaction."""
+    suppressed recipients get a final row and an event saying why, copies of a paused
+    campaign are stored held, and accepted marketing copies update the frequency caps'
+    last-send times in the same transaction."""
     await conn.execute(insert(messages), [{
         "queue_id": message.queue_id,
         "received_at": message.received_at,
@@ -63,7 +66,9 @@ async def insert_messages(conn: AsyncConnection, batch: Sequence[NewMessage]) ->
         "campaign": message.campaign,
         "body": message.body if message.recipients else None,  # nothing will be sent
     } for message in batch])
-    rows = [_delivery_row(message, recipient, DeliveryState.QUEUED, None)
+    paused = await campaign_store.paused_among(conn, (m.campaign for m in batch if m.recipients))
+    rows = [_delivery_row(message, recipient,
+                          DeliveryState.HELD if message.campaign in paused else DeliveryState.QUEUED, None)
             for message in batch for recipient in message.recipients]
     rows += [_delivery_row(message, recipient, DeliveryState.SUPPRESSED, why)
              for message in batch for recipient, why in message.suppressed]
@@ -101,7 +106,9 @@ async def insert_inbound(conn: AsyncConnection, message: InboundMessage) -> None
 async def claim_due(conn: AsyncConnection, *, node: str, now: datetime,
                     lease_until: datetime, limit: int) -> list[ClaimedDelivery]:
     """Lease up to ``limit`` due deliveries to ``node``, transactional first and then by due
-    time; other nodes skip leased rows."""
+    time; other nodes skip leased rows. Copies whose address was suppressed meanwhile are
+    finished as suppressed, copies of a campaign paused meanwhile are held: neither is
+    returned, and neither counts an attempt."""
     due = _due_ids(now, limit)
     if conn.dialect.name == "postgresql":
         due = (select(deliveries.c.id).where(deliveries.c.id.in_(due.scalar_subquery()), _claimable(now))
@@ -130,7 +137,11 @@ async def claim_due(conn: AsyncConnection, *, node: str, now: datetime,
     blocked = await _blocked_by_suppression(conn, claims, now)
     if blocked:
         await _finish_claimed(conn, node, [c for c in claims if c.delivery_id in blocked], blocked, now)
-    return [c for c in claims if c.delivery_id not in blocked]
+    claims = [c for c in claims if c.delivery_id not in blocked]
+    paused = await campaign_store.paused_among(conn, (c.campaign for c in claims))
+    if paused:
+        await _hold_claimed(conn, node, [c.delivery_id for c in claims if c.campaign in paused])
+    return [c for c in claims if c.campaign not in paused]
 
 
 def blocking_reason(reasons: Iterable[str], stream: str) -> str | None:
@@ -180,6 +191,14 @@ async def _finish_claimed(conn: AsyncConnection, node: str, claims: Sequence[Cla
          "delivery_id": c.delivery_id, "recipient": c.recipient, "reply": replies[c.delivery_id]}
         for c in claims])
     await _drop_finished_bodies(conn, {c.queue_id for c in claims})
+
+
+async def _hold_claimed(conn: AsyncConnection, node: str, delivery_ids: Sequence[int]) -> None:
+    """Hold copies this transaction just claimed (their campaign was paused after they were
+    queued or deferred): the lease is dropped, the attempt count and due time stay."""
+    await conn.execute(update(deliveries)
+                       .where(deliveries.c.id.in_(list(delivery_ids)), deliveries.c.claimed_by == node)
+                       .values(state=DeliveryState.HELD.value, claimed_by=None, lease_until=None))
 
 
 def _claimable(now: datetime) -> Any:
@@ -314,12 +333,12 @@ def _same_address(recipient: str) -> Any:
 
 
 async def _suppress_waiting(conn: AsyncConnection, where: Any, reason: str, now: datetime) -> int:
-    """Finish waiting copies as suppressed. The UPDATE itself repeats "pending and not
-    leased", and events are written only for the rows it changed: a copy another node
-    claimed in the meantime is left to that node."""
+    """Finish waiting copies (held ones too) as suppressed. The UPDATE itself repeats "in the
+    queue and not leased", and events are written only for the rows it changed: a copy
+    another node claimed in the meantime is left to that node."""
     changed = list(await conn.execute(
         update(deliveries)
-        .where(where, deliveries.c.state.in_(_PENDING), deliveries.c.claimed_by.is_(None))
+        .where(where, deliveries.c.state.in_(_IN_QUEUE), deliveries.c.claimed_by.is_(None))
         .values(state=DeliveryState.SUPPRESSED.value, last_reply=reason, updated_at=now)
         .returning(deliveries.c.id, deliveries.c.queue_id, deliveries.c.recipient)))
     if not changed:
@@ -354,7 +373,7 @@ async def _drop_finished_bodies(conn: AsyncConnection, queue_ids: set[str]) -> N
     if not queue_ids:
         return
     still_pending = exists().where(deliveries.c.queue_id == messages.c.queue_id,
-                                   deliveries.c.state.in_(_PENDING))
+                                   deliveries.c.state.in_(_IN_QUEUE))
     await conn.execute(update(messages)
                        .where(messages.c.queue_id.in_(queue_ids), ~still_pending)
                        .values(body=None))
@@ -416,9 +435,10 @@ async def list_pending(conn: AsyncConnection, *, domain: str | None = None,
 
 
 async def count_pending(conn: AsyncConnection) -> dict[str, int]:
-    """Pending deliveries by state (an index range; final states are counted by metrics)."""
+    """Deliveries still in the queue by state, held ones included (an index range; final
+    states are counted by metrics)."""
     rows = await conn.execute(select(deliveries.c.state, func.count())
-                              .where(deliveries.c.state.in_(_PENDING))
+                              .where(deliveries.c.state.in_(_IN_QUEUE))
                               .group_by(deliveries.c.state))
     return {row[0]: int(row[1]) for row in rows}
 

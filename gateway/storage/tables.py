@@ -83,6 +83,7 @@ messages = Table(
     Column("body", LargeBinary),
     Index(None, "header_message_id"),
     Index(None, "received_at"),
+    Index(None, "campaign"),  # pausing or resuming a campaign finds its copies (migration 0006)
 )
 
 deliveries = Table(
@@ -324,4 +325,20 @@ warmup_holds = Table(
     Column("provider", String(64), primary_key=True),
     Column("held_days", Integer, nullable=False),
     Column("decided_on", String(10), nullable=False),  # ISO date of the last decision
+)
+
+# -- paused campaigns (issue 9) -----------------------------------------------------------------
+# A paused campaign's copies are held in the queue (deliveries.state = 'held') until it is
+# resumed; see gateway/storage/campaign_store.py and docs/operations.md.
+campaign_states = Table(
+    "campaign_states",
+    metadata,
+    Column("campaign", String(64), primary_key=True),
+    Column("paused", Boolean, nullable=False),
+    Column("reason", String(32)),  # hard-bounce | complaint | manual (of the last pause)
+    Column("detail", Text),  # the figures that tripped it, human readable
+    Column("changed_by", String(32)),  # breaker | cli | api
+    Column("changed_at", UTCDateTime(), nullable=False),
+    # Reputation counts from before this instant are ignored (set on resume).
+    Column("counted_since", UTCDateTime()),
 )
