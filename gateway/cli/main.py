@@ -10,7 +10,7 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.cli import bounces_cmd, consent_cmd, dkim_cmd, dns_cmd, policy_cmd, queue_cmd
+from gateway.cli import bounces_cmd, consent_cmd, dkim_cmd, dns_cmd, policy_cmd, queue_cmd, status_cmd
 from gateway.config.loader import ConfigError, load_settings
 from gateway.config.policy import load_policy
 from gateway.config.schema import Settings
@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     consent_cmd.add_parsers(verbs, _config_arg)
     policy_cmd.add_parsers(verbs, _config_arg)
     bounces_cmd.add_parsers(verbs, _config_arg)
+    status_cmd.add_parsers(verbs, _config_arg)
     return parser
 
 
@@ -108,6 +109,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return dns_cmd.run(args)
     if args.verb == "bounces":
         return bounces_cmd.run(args)
+    if args.verb == "status":
+        return status_cmd.run(args)
     if args.verb in ("policy", "reload"):
         return policy_cmd.run(args)
     if args.verb in ("lists", "suppress", "contacts"):

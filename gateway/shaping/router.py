@@ -118,6 +118,7 @@ class Router:
     _wrr: dict[tuple[str, str], SmoothWrr] = field(default_factory=dict)
     _rules: dict[str, tuple[AutomationRule, ...]] = field(default_factory=dict)
     _failures: dict[str, SiteFailures] = field(default_factory=dict)
+    _why_suspended: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def update_policy(self, policy: Policy) -> None:
         self.policy = policy
@@ -191,6 +192,8 @@ class Router:
         rule = first_match(self.rules(provider), reply) if kind != "delivered" else None
         if rule is not None:
             await self._act(provider, ip, rule, now)
+            if rule.action == "suspend":
+                self._why_suspended[(provider, ip)] = f"rule {rule.name}: {reply[:300]}"
         await self._health(provider, ip, deferred=counts_as_deferral(kind, rule.action if rule else None),
                            now=now)
         return Reaction(rule)
@@ -220,6 +223,11 @@ class Router:
             metrics.WARMUP_DECISIONS.labels(ip, provider, decision).inc()
             log.warning("warm-up of %s for %s: %s (%d of %d attempts deferred today); %d day(s) held back",
                         ip, provider, decision, deferrals, attempts, held)
+
+    def suspension_reason(self, provider: str, ip: str) -> str:
+        """The rule and reply behind the latest suspension of ``ip`` for ``provider`` on this node
+        (for `gateway status`; "" when another node suspended it)."""
+        return self._why_suspended.get((provider, ip), "")
 
     def _source(self, ip: str) -> SourceIp | None:
         for pool in self.pools.values():

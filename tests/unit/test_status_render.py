@@ -1,0 +1,126 @@
+"""`gateway status` rendering (pure: the status JSON in, table text out) and the pure parts
+of gathering it (queue summary, warm-up rows)."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from gateway.cli.status_cmd import _reachable, render_text
+from gateway.config.policy import Policy
+from gateway.config.units import HostPort
+from gateway.operations.status import summarize_queue, warmup_rows
+from gateway.shaping.router import PoolSpec, SourceIp
+from gateway.storage.status_store import QueueGroup
+
+NOW = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
+
+
+def _status(**changes: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "generated_at": NOW.isoformat(), "node": "mx1", "live": True,
+        "queue": {"total": 7, "by_state": {"queued": 4, "deferred": 2, "held": 1},
+                  "oldest_due": (NOW - timedelta(minutes=12)).isoformat(),
+                  "groups": [
+                      {"state": "queued", "provider": "", "count": 3, "oldest_due": NOW.isoformat()},
+                      {"state": "queued", "provider": "gmail", "count": 1,
+                       "oldest_due": (NOW + timedelta(seconds=40)).isoformat()},
+                      {"state": "deferred", "provider": "gmail", "count": 2,
+                       "oldest_due": (NOW - timedelta(minutes=12)).isoformat()},
+                      {"state": "held", "provider": "yahoo", "count": 1, "oldest_due": NOW.isoformat()}]},
+        "providers": [
+            {"provider": "default", "connections": 0, "connections_by_ip": {}, "paused_until": None,
+             "slowed": {}},
+            {"provider": "gmail", "connections": 3, "connections_by_ip": {"127.0.0.10": 2, "127.0.0.11": 1},
+             "paused_until": (NOW + timedelta(minutes=1)).isoformat(),
+             "slowed": {"127.0.0.11": "10/m until 09:40:00"}}],
+        "suspensions": [{"provider": "gmail", "source_ip": "127.0.0.10",
+                         "until": (NOW + timedelta(hours=1)).isoformat(),
+                         "reason": "rule 4.7.28: 421 4.7.28 unusual rate"}],
+        "warmup": [{"source_ip": "127.0.0.13", "provider": "gmail", "day": 3, "cap": 150, "sent_today": 42,
+                    "held_days": 1},
+                   {"source_ip": "127.0.0.13", "provider": "yahoo", "day": 3, "cap": None, "sent_today": 5,
+                    "held_days": 0}],
+        "paused_campaigns": [{"campaign": "spring-sale", "reason": "hard-bounce", "detail": "7.2% of 500 at gmail",
+                              "changed_by": "breaker", "changed_at": (NOW - timedelta(hours=2)).isoformat(),
+                              "held": 1}],
+        "webhook_backlog": 12, "feedback_unapplied": 0,
+    }
+    data.update(changes)
+    return data
+
+
+def _row(text: str, *cells: str) -> list[str]:
+    """The one table row whose cells hold ``cells`` in order (each within one cell)."""
+    found = []
+    for line in text.splitlines():
+        row = [cell.strip() for cell in line.split("│")[1:-1]]
+        rest = iter(row)
+        if row and all(any(wanted in cell for cell in rest) for wanted in cells):
+            found.append(row)
+    assert len(found) == 1, f"{cells} in {len(found)} rows of:\n{text}"
+    return found[0]
+
+
+def test_every_part_is_a_table_with_readable_rows() -> None:
+    text = render_text(_status(), width=160)
+    assert "gateway status at 2026-03-02 09:30:00 UTC, node mx1" in text
+    assert "queue: 7 deliveries (2 deferred, 1 held, 4 queued)" in text
+    _row(text, "(not routed yet)", "queued", "3", "2026-03-02 09:30:00 (now)")
+    _row(text, "gmail", "deferred", "2", "2026-03-02 09:18:00 (12m ago)")
+    _row(text, "gmail", "queued", "1", "(in 40s)")
+    _row(text, "yahoo", "held", "1")
+    _row(text, "gmail", "3", "127.0.0.10: 2, 127.0.0.11: 1", "2026-03-02 09:31:00 (in 1m)", "127.0.0.11: 10/m")
+    _row(text, "127.0.0.10", "gmail", "2026-03-02 10:30:00 (in 1h)", "rule 4.7.28: 421 4.7.28 unusual rate")
+    _row(text, "127.0.0.13", "gmail", "3", "150", "42", "1")
+    _row(text, "127.0.0.13", "yahoo", "3", "unlimited", "5", "0")
+    _row(text, "spring-sale", "hard-bounce", "breaker", "(2h ago)", "1", "7.2% of 500 at gmail")
+    assert "webhook backlog: 12 event(s) waiting; unapplied feedback: 0 record(s)" in text
+    assert "\x1b[" not in text  # no colour codes in plain text
+
+
+def test_database_only_status_leaves_out_the_live_parts() -> None:
+    text = render_text(_status(node=None, live=False, providers=None, suspensions=None))
+    assert "database only (gateway not reached)" in text
+    assert "providers" not in text and "suspensions" not in text
+    assert "warm-up" in text and "paused campaigns" in text
+
+
+def test_empty_parts_say_so_in_one_line() -> None:
+    empty = {"total": 0, "by_state": {}, "oldest_due": None, "groups": []}
+    text = render_text(_status(queue=empty, suspensions=[], warmup=[], paused_campaigns=[]))
+    for line in ("queue: empty", "suspensions: none", "warm-up: no IP is warming up", "paused campaigns: none"):
+        assert line in text.splitlines()
+
+
+def test_a_suspension_from_another_node_has_no_reason_here() -> None:
+    other = [{"provider": "gmail", "source_ip": "", "until": NOW.isoformat(), "reason": ""}]
+    text = render_text(_status(suspensions=other), width=160)
+    _row(text, "OS-chosen", "gmail", "(suspended by another node)")
+
+
+def test_queue_summary_totals_states_and_finds_the_oldest() -> None:
+    groups = [QueueGroup("deferred", "gmail", 2, NOW - timedelta(hours=1)), QueueGroup("queued", "", 5, NOW),
+              QueueGroup("queued", "gmail", 1, NOW + timedelta(minutes=5))]
+    summary = summarize_queue(groups)
+    assert (summary.total, summary.by_state, summary.oldest_due) == (
+        8, {"deferred": 2, "queued": 6}, NOW - timedelta(hours=1))
+    assert summarize_queue([]).oldest_due is None
+
+
+def test_warmup_rows_cover_warming_ips_and_scheduled_providers() -> None:
+    policy = Policy.model_validate({
+        "providers": {"default": {}, "gmail": {"match_mx": ["google.com"]}, "yahoo": {"match_mx": ["yahoodns.net"]}},
+        "warmup": {"schedules": {"gmail": {"1": 50, "3": 200, "5": "unlimited"}}}})
+    today = date(2026, 3, 5)
+    pools = {"default": PoolSpec("default", (SourceIp("127.0.0.10", "a"),
+                                             SourceIp("127.0.0.11", "b", warmup_start=date(2026, 3, 1))))}
+    rows = warmup_rows(pools, policy, today, sent=lambda ip, p: 17, held=lambda ip, p: 2)
+    assert [(r.source_ip, r.provider, r.day, r.cap, r.sent_today, r.held_days) for r in rows] == [
+        ("127.0.0.11", "gmail", 3, 200, 17, 2)]  # day 5 less two held days; no schedule for others
+
+
+def test_a_wildcard_admin_listener_is_reached_on_loopback() -> None:
+    assert _reachable(HostPort("0.0.0.0", 8025)) == "127.0.0.1:8025"
+    assert _reachable(HostPort("::", 8025)) == "[::1]:8025"
+    assert _reachable(HostPort("127.0.0.2", 9)) == "127.0.0.2:9"
