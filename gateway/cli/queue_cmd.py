@@ -1,4 +1,4 @@
-"""`gateway queue list|show|retry|purge` and `gateway trace`: read and steer the queue."""
+"""`gateway queue list|show|retry|hold|release|purge` and `gateway trace`: read and steer the queue."""
 
 from __future__ import annotations
 
@@ -11,30 +11,34 @@ from typing import Any, TypeVar
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.config.loader import load_settings
-from gateway.records import PENDING_STATES
+from gateway.records import QUEUE_STATES, DeliveryState
 from gateway.storage import queue_store
 from gateway.storage.database import create_engine
 
 T = TypeVar("T")
 AddConfig = Callable[[argparse.ArgumentParser], None]
 
+# verb -> (help, states it applies to, what the count printed afterwards says)
+_ACTIONS = {
+    "retry": ("make waiting deliveries due now", "queued, deferred", "made due now"),
+    "hold": ("keep waiting deliveries in the queue without sending them, until released",
+             "queued, deferred", "held"),
+    "release": ("send held deliveries again (due now)", "held", "released"),
+    "purge": ("give up on deliveries still in the queue (they become expired)",
+              "queued, deferred, held", "purged"),
+}
+
 
 def add_parsers(verbs: Any, add_config: AddConfig) -> None:
-    queue = verbs.add_parser("queue", help="inspect and steer pending deliveries")
+    queue = verbs.add_parser("queue", help="inspect and steer deliveries still in the queue")
     actions = queue.add_subparsers(dest="queue_verb", required=True, metavar="ACTION")
-    listing = actions.add_parser("list", help="pending deliveries, soonest due first")
+    listing = actions.add_parser("list", help="deliveries still in the queue, soonest due first")
     listing.add_argument("--limit", type=int, default=50)
-    listing.add_argument("--provider", metavar="NAME",
-                         help="only deliveries last routed to this provider profile (e.g. gmail)")
-    listing.add_argument("--state", choices=[s.value for s in sorted(PENDING_STATES)],
-                         help="only queued (not tried yet) or deferred (waiting for a retry) deliveries")
-    for name, text in (("retry", "make pending deliveries due now"),
-                       ("purge", "give up on pending deliveries (they become expired)")):
-        action = actions.add_parser(name, help=text)
-        action.add_argument("--id", dest="queue_id", help="only this queue id")
+    _add_filters(listing, "queued, deferred, held")
+    for name, (text, states, _) in _ACTIONS.items():
+        _add_filters(actions.add_parser(name, help=text), states)
     for action in actions.choices.values():
         add_config(action)
-        action.add_argument("--domain", help="only recipients at this domain")
     show = actions.add_parser("show", help="one message and each of its deliveries, in any state")
     show.add_argument("queue_id", metavar="QUEUE-ID")
     add_config(show)
@@ -44,25 +48,38 @@ def add_parsers(verbs: Any, add_config: AddConfig) -> None:
     add_config(trace)
 
 
+def _add_filters(action: argparse.ArgumentParser, states: str) -> None:
+    """The same filters for every action; given together, a delivery must match them all."""
+    action.add_argument("--id", dest="queue_id", metavar="QUEUE-ID", help="only this message")
+    action.add_argument("--domain", help="only recipients at this domain")
+    action.add_argument("--provider", metavar="NAME",
+                        help="only deliveries last routed to this provider profile (e.g. gmail)")
+    action.add_argument("--campaign", metavar="NAME",
+                        help='only this campaign (X-Gateway-Campaign; "" for mail without one)')
+    action.add_argument("--state", dest="states", action="append", metavar="STATE",
+                        help=f"only deliveries in this state, repeatable ({states}; default: all of them)")
+
+
 def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     if args.verb == "trace":
         return _print_trace(_with_db(settings.storage.url, lambda c: queue_store.trace(c, args.key)),
                             args.key)
-    if args.queue_verb == "list":
-        if args.limit < 1:
-            raise ValueError("--limit must be at least 1")
-        states = [args.state] if args.state else [s.value for s in PENDING_STATES]
-        return _print_list(_with_db(settings.storage.url, lambda c: queue_store.list_queue(
-            c, domain=args.domain, provider=args.provider, states=states, limit=args.limit)))
     if args.queue_verb == "show":
         return _print_message(_with_db(settings.storage.url,
                                        lambda c: queue_store.show_message(c, args.queue_id)), args.queue_id)
+    filters = {"queue_id": args.queue_id, "domain": args.domain, "provider": args.provider,
+               "campaign": args.campaign, "states": args.states}
+    if args.queue_verb == "list":
+        if args.limit < 1:
+            raise ValueError("--limit must be at least 1")
+        return _print_list(_with_db(settings.storage.url, lambda c: queue_store.list_queue(
+            c, **filters, limit=args.limit)))
+    change = {"retry": queue_store.retry_now, "hold": queue_store.hold, "release": queue_store.release,
+              "purge": queue_store.purge}[args.queue_verb]
     now = datetime.now(UTC)
-    change = queue_store.retry_now if args.queue_verb == "retry" else queue_store.purge
-    count = _with_db(settings.storage.url, lambda c: change(
-        c, now, queue_id=args.queue_id, domain=args.domain), write=True)
-    print(f"{count} deliveries {'made due now' if args.queue_verb == 'retry' else 'purged'}")
+    count = _with_db(settings.storage.url, lambda c: change(c, now, **filters), write=True)
+    print(f"{count} deliveries {_ACTIONS[args.queue_verb][2]}")
     return 0
 
 
@@ -88,7 +105,7 @@ def _print_list(entries: list[queue_store.DeliveryView]) -> int:
           "RECIPIENT / LAST REPLY")
     for e in entries:
         print(f"{e.queue_id:26}  {e.state:8}  {e.attempts:>5}  {e.provider or _NO_PROVIDER:12}  "
-              f"{e.next_attempt_at:%Y-%m-%d %H:%M:%S}  {e.recipient}")
+              f"{_due(e):19}  {e.recipient}")
         if e.last_reply:
             print(f"{'':80}{e.last_reply[:120]}")
     return 0
@@ -102,13 +119,26 @@ def _print_message(message: queue_store.MessageView | None, queue_id: str) -> in
     print(f"received: {message.received_at:%Y-%m-%d %H:%M:%S} UTC from <{message.mail_from}>, "
           f"stream {message.stream}, {len(message.deliveries)} recipient(s)")
     for d in message.deliveries:
-        pending = d.state in {s.value for s in PENDING_STATES}
-        when = f"next attempt {d.next_attempt_at:%Y-%m-%d %H:%M:%S} UTC" if pending else "final"
+        when = _when(d)
         print(f"  {d.recipient}: {d.state}, {d.attempts} attempt(s), provider "
               f"{d.provider or _NO_PROVIDER}, {when}")
         if d.last_reply:
             print(f"    last reply: {d.last_reply[:300]}")
     return 0
+
+
+def _due(entry: queue_store.DeliveryView) -> str:
+    if entry.state == DeliveryState.HELD:
+        return "(until released)"
+    return f"{entry.next_attempt_at:%Y-%m-%d %H:%M:%S}"
+
+
+def _when(delivery: queue_store.DeliveryView) -> str:
+    if delivery.state == DeliveryState.HELD:
+        return "held until released (queue release, or campaign resume)"
+    if delivery.state in QUEUE_STATES:
+        return f"next attempt {delivery.next_attempt_at:%Y-%m-%d %H:%M:%S} UTC"
+    return "final"
 
 
 def _print_trace(rows: list[queue_store.TraceRow], key: str) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, exists, func, insert, or_, select, union_all, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import ColumnElement
 
 from gateway.feedback.softbounce import SoftBounceRule
 from gateway.ingest.addresses import address_hash, address_key, normalize_recipient
@@ -29,7 +30,7 @@ from gateway.records import (
     NewMessage,
     Outcome,
 )
-from gateway.storage import campaign_store, consent_store, feedback_store
+from gateway.storage import campaign_store, consent_store, feedback_store, reputation_store
 from gateway.storage.feedback_store import BounceEffect, BounceFact
 from gateway.storage.tables import deliveries, events, inbound, messages, suppressions
 
@@ -259,6 +260,7 @@ async def record_outcomes(conn: AsyncConnection, node: str, outcomes: Sequence[O
     await conn.execute(insert(events), [_event_row(o) for o in applied])
     await _drop_finished_bodies(conn, {o.queue_id for o in applied if o.state.is_final})
     await _bounce_state_or_marker(conn, applied, soft_rule)
+    await reputation_store.count_outcomes(conn, applied)  # the circuit breakers' base and hard bounces
     return len(applied)
 
 
@@ -405,35 +407,6 @@ async def next_due(conn: AsyncConnection) -> datetime | None:
     return value if isinstance(value, datetime) else None
 
 
-@dataclass(frozen=True)
-class QueueEntry:
-    delivery_id: int
-    queue_id: str
-    recipient: str
-    state: str
-    attempts: int
-    next_attempt_at: datetime
-    received_at: datetime
-    mail_from: str
-    last_reply: str | None
-
-
-async def list_pending(conn: AsyncConnection, *, domain: str | None = None,
-                       limit: int = 100) -> list[QueueEntry]:
-    query = (
-        select(deliveries, messages.c.received_at, messages.c.mail_from)
-        .join(messages, messages.c.queue_id == deliveries.c.queue_id)
-        .where(deliveries.c.state.in_(_PENDING))
-        .order_by(deliveries.c.next_attempt_at)
-        .limit(limit)
-    )
-    if domain:
-        query = query.where(deliveries.c.domain == domain.lower())
-    rows = await conn.execute(query)
-    return [QueueEntry(r.id, r.queue_id, r.recipient, r.state, r.attempts, r.next_attempt_at,
-                       r.received_at, r.mail_from, r.last_reply) for r in rows]
-
-
 async def count_pending(conn: AsyncConnection) -> dict[str, int]:
     """Deliveries still in the queue by state, held ones included (an index range; final
     states are counted by metrics)."""
@@ -443,27 +416,72 @@ async def count_pending(conn: AsyncConnection) -> dict[str, int]:
     return {row[0]: int(row[1]) for row in rows}
 
 
-async def retry_now(conn: AsyncConnection, now: datetime, *, queue_id: str | None = None,
-                    domain: str | None = None) -> int:
-    """Make pending deliveries due immediately (``gateway queue retry``)."""
-    query = update(deliveries).where(deliveries.c.state.in_(_PENDING)).values(next_attempt_at=now)
+# -- operator actions: `gateway queue retry|hold|release|purge` and the admin API ---------------
+# Every action takes the same filters (all optional, combined with AND): queue id, recipient
+# domain, provider profile, campaign ("" = mail without a campaign) and states, which must be
+# among the states the action applies to (default: all of them).
+
+def _selection(action: str, allowed: Iterable[DeliveryState], states: Iterable[str] | None, *,
+               queue_id: str | None, domain: str | None, provider: str | None,
+               campaign: str | None) -> list[ColumnElement[bool]]:
+    """The WHERE terms of an operator's filters; ValueError for a state the action cannot take."""
+    valid = [s.value for s in sorted(allowed)]
+    chosen = sorted(set(states)) if states else valid
+    wrong = [s for s in chosen if s not in valid]
+    if wrong:
+        named = " or ".join([", ".join(valid[:-1]), valid[-1]] if len(valid) > 1 else valid)
+        raise ValueError(f"{action} applies to {named} deliveries, not {', '.join(wrong)}")
+    where: list[ColumnElement[bool]] = [deliveries.c.state.in_(chosen)]
     if queue_id:
-        query = query.where(deliveries.c.queue_id == queue_id)
+        where.append(deliveries.c.queue_id == queue_id.strip().upper())
     if domain:
-        query = query.where(deliveries.c.domain == domain.lower())
-    result = await conn.execute(query)
+        where.append(deliveries.c.domain == domain.strip().lower())
+    if provider is not None:
+        where.append(deliveries.c.provider == provider)
+    if campaign is not None:
+        where.append(deliveries.c.queue_id.in_(
+            select(messages.c.queue_id).where(messages.c.campaign == campaign).scalar_subquery()))
+    return where
+
+
+async def retry_now(conn: AsyncConnection, now: datetime, *, queue_id: str | None = None,
+                    domain: str | None = None, provider: str | None = None, campaign: str | None = None,
+                    states: Iterable[str] | None = None) -> int:
+    """Make waiting (queued, deferred) deliveries due now; held ones need a release."""
+    where = _selection("retry", PENDING_STATES, states, queue_id=queue_id, domain=domain, provider=provider,
+                       campaign=campaign)
+    result = await conn.execute(update(deliveries).where(*where).values(next_attempt_at=now))
     return int(result.rowcount or 0)
 
 
+async def hold(conn: AsyncConnection, now: datetime, *, queue_id: str | None = None,
+               domain: str | None = None, provider: str | None = None, campaign: str | None = None,
+               states: Iterable[str] | None = None) -> int:
+    """Hold waiting deliveries until released; one being attempted right now is left to finish."""
+    where = _selection("hold", PENDING_STATES, states, queue_id=queue_id, domain=domain, provider=provider,
+                       campaign=campaign)
+    return await campaign_store.hold_deliveries(conn, and_(*where))
+
+
+async def release(conn: AsyncConnection, now: datetime, *, queue_id: str | None = None,
+                  domain: str | None = None, provider: str | None = None, campaign: str | None = None,
+                  states: Iterable[str] | None = None) -> int:
+    """Release held deliveries, due now. A copy of a paused campaign is held again when it is
+    claimed: resuming the campaign is what releases those."""
+    where = _selection("release", {DeliveryState.HELD}, states, queue_id=queue_id, domain=domain,
+                       provider=provider, campaign=campaign)
+    return await campaign_store.release_deliveries(conn, and_(*where), now)
+
+
 async def purge(conn: AsyncConnection, now: datetime, *, queue_id: str | None = None,
-                domain: str | None = None) -> int:
-    """Give up on pending deliveries: they become ``expired`` with an event saying so."""
+                domain: str | None = None, provider: str | None = None, campaign: str | None = None,
+                states: Iterable[str] | None = None) -> int:
+    """Give up on deliveries still in the queue (held ones too) that are not being attempted:
+    they become ``expired`` with an event saying so."""
+    where = _selection("purge", QUEUE_STATES, states, queue_id=queue_id, domain=domain, provider=provider,
+                       campaign=campaign)
     query = select(deliveries.c.id, deliveries.c.queue_id, deliveries.c.recipient).where(
-        deliveries.c.state.in_(_PENDING), deliveries.c.claimed_by.is_(None))
-    if queue_id:
-        query = query.where(deliveries.c.queue_id == queue_id)
-    if domain:
-        query = query.where(deliveries.c.domain == domain.lower())
+        *where, deliveries.c.claimed_by.is_(None))
     return await _finish_pending(conn, list(await conn.execute(query)), DeliveryState.EXPIRED,
                                  "purged by operator", now)
 
@@ -678,14 +696,14 @@ _VIEW_COLUMNS = (deliveries.c.queue_id, deliveries.c.recipient, deliveries.c.sta
                  deliveries.c.provider, deliveries.c.next_attempt_at, deliveries.c.last_reply)
 
 
-async def list_queue(conn: AsyncConnection, *, domain: str | None = None, provider: str | None = None,
-                     states: Iterable[str] = tuple(_PENDING), limit: int = 50) -> list[DeliveryView]:
-    """Pending deliveries (or those in ``states``), soonest due first."""
-    query = select(*_VIEW_COLUMNS).where(deliveries.c.state.in_(list(states)))
-    if domain:
-        query = query.where(deliveries.c.domain == domain.lower())
-    if provider is not None:
-        query = query.where(deliveries.c.provider == provider)
+async def list_queue(conn: AsyncConnection, *, queue_id: str | None = None, domain: str | None = None,
+                     provider: str | None = None, campaign: str | None = None,
+                     states: Iterable[str] | None = None, limit: int = 50) -> list[DeliveryView]:
+    """Deliveries still in the queue (queued, deferred, held; or those in ``states``),
+    soonest due first."""
+    where = _selection("list", QUEUE_STATES, states, queue_id=queue_id, domain=domain, provider=provider,
+                       campaign=campaign)
+    query = select(*_VIEW_COLUMNS).where(*where)
     rows = await conn.execute(query.order_by(deliveries.c.next_attempt_at, deliveries.c.id).limit(limit))
     return [_delivery_view(row) for row in rows]
 
