@@ -28,6 +28,7 @@ from gateway.feedback.verdicts import Verdict
 from gateway.feedback.webhooks import Endpoint, WebhookDispatcher
 from gateway.ingest.gate import Gate
 from gateway.ingest.rules import DEFAULT_ACTIONS, Action
+from gateway.operations.status import live_status
 from gateway.queue.outgoing import CopyMaker
 from gateway.queue.scheduler import Scheduler
 from gateway.queue.spool import BodyCache, Spool
@@ -45,6 +46,7 @@ from gateway.storage.database import Database
 from gateway.storage.migrate import current_revision_of, head_revision
 from gateway.web.admin import EmbeddedServer, admin_app, embedded_server
 from gateway.web.api import ApiContext, admin_api
+from gateway.web.operations_api import OperationsContext, include_operations
 from gateway.web.pages import Pages
 from gateway.web.public import public_app
 
@@ -170,6 +172,9 @@ class Gateway:
                     self.db, self.copies.codec, self.settings.http.public_url,
                     read_api_token(self.settings.http.api_token_file),
                     role_local_parts=frozenset(name.lower() for name in self.settings.consent.role_accounts)))
+                include_operations(api, OperationsContext(
+                    self.db, lambda now: live_status(self.db, self.router, self.node, now),
+                    wake=self.scheduler.wake))
             self.admin = embedded_server(admin_app(lambda: self.ready, api=api),
                                          self.settings.http.admin_listen)
             self._tasks.append(asyncio.create_task(self.admin.serve(), name="admin-http"))
