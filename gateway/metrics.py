@@ -161,3 +161,23 @@ WEBHOOK_SKIPPED_IDS = Counter(
     "Event ids the webhook feed moved past after the grace period without ever seeing them.",
     ["webhook"],
 )
+# -- reputation circuit breakers (issue 9): docs/reputation.md ---------------------------------
+CAMPAIGNS_PAUSED = Gauge(
+    "gateway_campaigns_paused",
+    "Campaigns paused now (by a circuit breaker or an operator); their mail is held.",
+)
+BREAKER_TRIPS = Counter(
+    "gateway_breaker_trips_total",
+    "Campaigns paused by a circuit breaker, by the key that tripped it.",
+    ["stream", "provider", "reason"],  # provider "all": the whole campaign; reason: hard-bounce | complaint
+)
+BREAKER_WARNINGS = Counter(
+    "gateway_breaker_warnings_total",
+    "Circuit-breaker warnings (once per campaign, key and reason per window).",
+    ["stream", "provider", "reason"],
+)
+REPUTATION_RATE = Gauge(
+    "gateway_reputation_rate",
+    "Rolling hard-bounce or complaint rate over the breaker window, across campaigns.",
+    ["stream", "provider", "kind"],  # kind: hard-bounce | complaint; provider "all": the whole stream
+)

@@ -22,6 +22,7 @@ from gateway.delivery.warmup_keeper import WarmupKeeper
 from gateway.dns.resolver import MxResolver
 from gateway.feedback.classify import Classifier
 from gateway.feedback.inbound import FeedbackRules, InboundProcessor
+from gateway.feedback.reputation import ReputationGuard
 from gateway.feedback.softbounce import SoftBounceRule
 from gateway.feedback.trust import txt_lookup
 from gateway.feedback.verdicts import Verdict
@@ -136,11 +137,15 @@ class Gateway:
         self.public: EmbeddedServer | None = None
         self._inbound_task: asyncio.Task[None] | None = None
         self._webhook_task: asyncio.Task[None] | None = None
+        # Circuit breakers: judged after each campaign's attempts and every minute (docs/reputation.md).
+        self.breakers = ReputationGuard(self.db, lambda: self.policy.reputation)
+        self._breaker_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.ready = False
         self._stopped = False
 
     async def _deliver(self, claim: ClaimedDelivery, stored: bytes) -> AttemptResult:
+        self.breakers.note(claim.stream, claim.campaign)
         copy = await self.copies.make(claim, stored)
         if isinstance(copy, AttemptResult):
             return copy
@@ -165,6 +170,7 @@ class Gateway:
         self._inbound_task = asyncio.create_task(self.inbound.run(), name="inbound")
         if self.webhooks is not None:
             self._webhook_task = asyncio.create_task(self.webhooks.run(), name="webhooks")
+        self._breaker_task = asyncio.create_task(self.breakers.run(), name="breakers")
         if self.settings.http.admin_listen is not None:
             api = None
             if self.settings.http.api_token_file is not None:
@@ -228,7 +234,7 @@ class Gateway:
         for listener in self.listeners:
             listener.server.close()
         await self.scheduler.stop()
-        for task in (self._inbound_task, self._webhook_task):  # both resume from the database
+        for task in (self._inbound_task, self._webhook_task, self._breaker_task):  # resume from the database
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)

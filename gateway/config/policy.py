@@ -5,7 +5,8 @@
 ordered automation rules. Every profile inherits ``[providers.default]`` key by key
 (except the match lists). Limits apply per source IP per provider; keys named
 ``provider_*`` cap the provider across the whole pool. ``warmup.toml`` holds the
-warm-up schedules and the health rule that pauses or steps them back.
+warm-up schedules and the health rule that pauses or steps them back. ``reputation.toml``
+holds the circuit breakers' thresholds (docs/reputation.md).
 """
 
 from __future__ import annotations
@@ -21,15 +22,16 @@ from pydantic import BeforeValidator, Field, PrivateAttr, ValidationError, field
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from gateway.config.loader import ConfigError, read_toml, validate_layers
-from gateway.config.schema import Duration, Strict
+from gateway.config.schema import Duration, Stream, Strict
 from gateway.config.units import is_hostname, is_key
+from gateway.feedback.breakers import ALL, COMPLAINT, HARD_BOUNCE, Kind, Limits, Thresholds
 from gateway.queue.retry import RetrySchedule
 from gateway.shaping.automation import AutomationRule
 from gateway.shaping.matching import DEFAULT, ProviderMatcher
 from gateway.shaping.rates import Rate, parse_rate
 from gateway.shaping.warmup import HealthRule, WarmupSchedule
 
-POLICY_FILES = ("providers.toml", "warmup.toml")
+POLICY_FILES = ("providers.toml", "warmup.toml", "reputation.toml")
 UNLIMITED = "unlimited"
 
 
@@ -211,6 +213,110 @@ def _cap_text(cap: int | None) -> str:
     return UNLIMITED if cap is None else str(cap)
 
 
+def _share(value: object) -> float:
+    """A rate as operators write it ("0.3%") or as a share (0.003); 0 < share < 1."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            share = float(value.strip()[:-1]) / 100
+        except ValueError:
+            raise ValueError(f"bad percentage {value!r}: expected e.g. \"0.3%\"") from None
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        share = float(value)
+        if share >= 1:
+            raise ValueError(f"{value!r} is not a share: write \"{value}%\" or {value / 100:g}")
+    else:
+        raise ValueError(f"expected a percentage such as \"0.3%\", got {value!r}")
+    if not 0 < share < 1:
+        raise ValueError(f"{value!r} must be more than 0% and less than 100%")
+    return share
+
+
+Share = Annotated[float, BeforeValidator(_share)]
+
+
+class BreakerLimits(Strict):
+    """Warn and pause thresholds of one kind, and the base below which nothing is judged."""
+
+    warn: Share
+    pause: Share
+    min_sent: int = Field(ge=1)
+    min_events: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _order(self) -> BreakerLimits:
+        if self.warn > self.pause:
+            raise ValueError("warn must not be above pause")
+        return self
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.warn, self.pause, self.min_sent, self.min_events)
+
+
+def _limits_model(limits: Limits) -> BreakerLimits:
+    return BreakerLimits(warn=limits.warn, pause=limits.pause, min_sent=limits.min_sent,
+                         min_events=limits.min_events)
+
+
+class ProviderBreakers(Strict):
+    """``[reputation.providers.NAME.KIND]``: what differs for one provider (key by key)."""
+
+    hard_bounce: BreakerLimits | None = None
+    complaint: BreakerLimits | None = None
+
+
+_KINDS: tuple[tuple[str, Kind], ...] = (("hard_bounce", HARD_BOUNCE), ("complaint", COMPLAINT))
+
+
+def _over(override: Any, general: Mapping[str, Any]) -> Any:
+    if not isinstance(override, Mapping):
+        return override
+    merged = dict(override)
+    for table, kind in _KINDS:
+        if isinstance(merged.get(table), Mapping):
+            base = general.get(table)
+            start = base if isinstance(base, Mapping) else \
+                _limits_model(Thresholds().limits(kind, "")).model_dump()
+            merged[table] = {**start, **merged[table]}
+    return merged
+
+
+def _first_table(override: ProviderBreakers) -> tuple[str, ...]:
+    """Where an override is written: its first kind table (a bare header has no line of its own)."""
+    return next(((table,) for table, _ in _KINDS if getattr(override, table) is not None), ())
+
+
+class Reputation(Strict):
+    enabled: bool = True
+    window: Duration = Field(default=86400.0, ge=300.0, le=30 * 86400.0)
+    streams: list[Stream] = Field(default_factory=lambda: list[Stream](["marketing"]))
+    hard_bounce: BreakerLimits = Field(default_factory=lambda: _limits_model(Thresholds().hard_bounce))
+    complaint: BreakerLimits = Field(default_factory=lambda: _limits_model(Thresholds().complaint))
+    providers: dict[str, ProviderBreakers] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inherit_limits(cls, data: Any) -> Any:
+        """Each kind's table starts from the built-in defaults and each provider's from the
+        general table, key by key, before validation: set only what differs."""
+        if not isinstance(data, Mapping):
+            return data
+        out = dict(data)
+        for table, kind in _KINDS:
+            if isinstance(data.get(table), Mapping):
+                out[table] = {**_limits_model(Thresholds().limits(kind, "")).model_dump(), **data[table]}
+        if isinstance(data.get("providers"), Mapping):
+            out["providers"] = {name: _over(override, out) for name, override in data["providers"].items()}
+        return out
+
+    @property
+    def thresholds(self) -> Thresholds:
+        return Thresholds(self.hard_bounce.limits, self.complaint.limits, {
+            name: {kind: getattr(override, table).limits for table, kind in _KINDS
+                   if getattr(override, table) is not None}
+            for name, override in self.providers.items()})
+
+
 _NOT_INHERITED = ("match_mx", "match_domains")
 
 
@@ -233,6 +339,7 @@ class Policy(Strict):
     _matcher: ProviderMatcher = PrivateAttr()
     providers: dict[str, ProviderProfile] = Field(default_factory=lambda: {DEFAULT: ProviderProfile()})
     warmup: Warmup = Field(default_factory=Warmup)
+    reputation: Reputation = Field(default_factory=Reputation)
 
     @model_validator(mode="before")
     @classmethod
@@ -251,6 +358,18 @@ class Policy(Strict):
         for name in self.warmup.schedules:
             if name not in self.providers:
                 raise ValueError(f"warm-up schedule {name!r} names no provider profile")
+        return self
+
+    @model_validator(mode="after")
+    def _reputation_providers(self) -> Policy:
+        if ALL in self.providers:
+            raise ValueError(f"provider name {ALL!r} is reserved (a campaign's whole tally)")
+        unknown = [InitErrorDetails(
+            type=PydanticCustomError("value_error", f"{name!r} names no provider profile of providers.toml"),
+            loc=("reputation", "providers", name, *_first_table(override)), input=name)
+            for name, override in self.reputation.providers.items() if name not in self.providers]
+        if unknown:
+            raise ValidationError.from_exception_data("reputation providers", unknown)
         return self
 
     @property

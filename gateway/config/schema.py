@@ -271,9 +271,10 @@ class ComplaintSettings(Strict):
 
 
 WebhookEvent = Literal["delivered", "deferred", "bounced", "expired", "suppressed", "refused",
-                       "complained", "unsubscribed"]
+                       "complained", "unsubscribed", "paused", "resumed", "warned"]
 ALL_WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("delivered", "deferred", "bounced", "expired", "suppressed",
-                                                "refused", "complained", "unsubscribed")
+                                                "refused", "complained", "unsubscribed", "paused", "resumed",
+                                                "warned")
 
 
 def _webhook_url(value: str) -> str:

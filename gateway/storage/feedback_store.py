@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway.feedback.softbounce import SoftBounceRule, SoftCount, add_soft_bounce, counts_toward_limit
 from gateway.feedback.verdicts import BounceClass, Severity, Verdict
 from gateway.ingest.addresses import address_hash
-from gateway.storage import consent_store
+from gateway.storage import consent_store, reputation_store
 from gateway.storage.consent_store import SuppressionRecord
 from gateway.storage.tables import (
     events,
@@ -79,6 +79,8 @@ async def apply_bounces(conn: AsyncConnection, facts: Sequence[BounceFact],
         else:
             effect, counted = await _soft(conn, fact, rule)
         await _record(conn, fact, "bounce", effect.action, counted)
+        if fact.source == "dsn" and fact.verdict.is_hard:  # sync ones: queue_store.record_outcomes
+            await reputation_store.count_feedback(conn, fact.queue_id, fact.provider, fact.at, hard=1)
         effects.append(effect)
     return effects
 
@@ -188,6 +190,7 @@ async def apply_complaint(conn: AsyncConnection, fact: ComplaintFact) -> str:
     bounce = BounceFact(fact.at, fact.recipient, verdict, "arf", fact.evidence, True, fact.delivery_id,
                         fact.queue_id, fact.list_key, fact.campaign, fact.provider, fact.inbound_id)
     await _record(conn, bounce, "complaint", f"suppressed {where} (complaint)", False)
+    await reputation_store.count_feedback(conn, fact.queue_id, fact.provider, fact.at, complaints=1)
     return scope_key
 
 
@@ -367,6 +370,8 @@ def _payload(row: Any, detail: Any) -> dict[str, Any]:
         "id": row.id, "event": row.kind, "at": row.at.isoformat(), "queue_id": row.queue_id or None,
         "delivery_id": row.delivery_id, "recipient": row.recipient, "reply": row.reply,
         "remote": row.remote, "source_ip": row.source_ip}
+    if row.campaign:  # campaign events (paused, resumed, warned): no recipient, the figures in reply
+        body["campaign"] = row.campaign
     if detail is not None:
         body["feedback"] = {"class": detail.bounce_class, "severity": detail.severity, "rule": detail.rule,
                             "status": detail.status or None, "source": detail.source, "action": detail.action}

@@ -30,7 +30,7 @@ from gateway.records import (
     NewMessage,
     Outcome,
 )
-from gateway.storage import campaign_store, consent_store, feedback_store
+from gateway.storage import campaign_store, consent_store, feedback_store, reputation_store
 from gateway.storage.feedback_store import BounceEffect, BounceFact
 from gateway.storage.tables import deliveries, events, inbound, messages, suppressions
 
@@ -260,6 +260,7 @@ async def record_outcomes(conn: AsyncConnection, node: str, outcomes: Sequence[O
     await conn.execute(insert(events), [_event_row(o) for o in applied])
     await _drop_finished_bodies(conn, {o.queue_id for o in applied if o.state.is_final})
     await _bounce_state_or_marker(conn, applied, soft_rule)
+    await reputation_store.count_outcomes(conn, applied)  # the circuit breakers' base and hard bounces
     return len(applied)
 
 

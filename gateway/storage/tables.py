@@ -122,6 +122,7 @@ events = Table(
     Column("reply", Text),
     Column("remote", String(300)),
     Column("source_ip", String(45)),
+    Column("campaign", String(64)),  # campaign events (paused, resumed, warned): migration 0007
     Index(None, "queue_id"),
     Index(None, "recipient"),
 )
@@ -341,4 +342,21 @@ campaign_states = Table(
     Column("changed_at", UTCDateTime(), nullable=False),
     # Reputation counts from before this instant are ignored (set on resume).
     Column("counted_since", UTCDateTime()),
+)
+
+# -- reputation circuit breakers (issue 9) ------------------------------------------------------
+# Copies with a final answer, hard bounces and complaints per campaign, stream and provider in
+# one-minute buckets, upserted once per outcome batch (not a row per message) and pruned after
+# the window; see gateway/storage/reputation_store.py and docs/reputation.md.
+reputation_counts = Table(
+    "reputation_counts",
+    metadata,
+    Column("campaign", String(64), primary_key=True),
+    Column("stream", String(16), primary_key=True),
+    Column("provider", String(64), primary_key=True),
+    Column("bucket", UTCDateTime(), primary_key=True),  # the minute the events fell in
+    Column("sent", Integer, nullable=False, default=0),
+    Column("hard", Integer, nullable=False, default=0),
+    Column("complaints", Integer, nullable=False, default=0),
+    Index(None, "bucket"),
 )
