@@ -10,7 +10,16 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.cli import bounces_cmd, consent_cmd, dkim_cmd, dns_cmd, policy_cmd, queue_cmd, status_cmd
+from gateway.cli import (
+    bounces_cmd,
+    campaign_cmd,
+    consent_cmd,
+    dkim_cmd,
+    dns_cmd,
+    policy_cmd,
+    queue_cmd,
+    status_cmd,
+)
 from gateway.config.loader import ConfigError, load_settings
 from gateway.config.policy import load_policy
 from gateway.config.schema import Settings
@@ -58,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     policy_cmd.add_parsers(verbs, _config_arg)
     bounces_cmd.add_parsers(verbs, _config_arg)
     status_cmd.add_parsers(verbs, _config_arg)
+    campaign_cmd.add_parsers(verbs, _config_arg)
     return parser
 
 
@@ -109,6 +119,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return dns_cmd.run(args)
     if args.verb == "bounces":
         return bounces_cmd.run(args)
+    if args.verb == "campaign":
+        return campaign_cmd.run(args)
     if args.verb == "status":
         return status_cmd.run(args)
     if args.verb in ("policy", "reload"):
