@@ -2,8 +2,11 @@
 
 Labels are bounded sets only (result, state, provider, pool, source_ip, stream,
 class); never an address, message id or free text. Accounting identity, per
-recipient: recipients_received = delivered + bounced + expired + queue (queued and
-deferred), which tests check after mixed runs.
+recipient, in one serving process: recipients_received = deliveries{delivered} +
+deliveries{bounced} + deliveries{expired} + sum(recipients_suppressed) +
+queue_deliveries{queued, deferred, held} (docs/operations.md, Metrics; checked by
+tests/e2e/test_accounting.py). Copies finished inside a transaction are counted through
+gateway/storage/tally.py, once it commits.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.config.loader import load_settings
 from gateway.records import QUEUE_STATES, DeliveryState
-from gateway.storage import queue_store
+from gateway.storage import queue_store, tally
 from gateway.storage.database import create_engine
 
 T = TypeVar("T")
@@ -87,8 +87,13 @@ def _with_db(url: str, op: Callable[[AsyncConnection], Awaitable[T]], *, write: 
     async def go() -> T:
         engine = create_engine(url)
         try:
-            async with (engine.begin() if write else engine.connect()) as conn:
-                return await op(conn)
+            if not write:
+                async with engine.connect() as conn:
+                    return await op(conn)
+            async with engine.begin() as conn:
+                result = await op(conn)
+            tally.settle(conn)  # counted in this process only: see docs/operations.md, Metrics
+            return result
         finally:
             await engine.dispose()
     return asyncio.run(go())

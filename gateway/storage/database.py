@@ -23,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from gateway import metrics
+from gateway.storage import tally
 from gateway.storage.errors import StorageError
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ def create_engine(url: str) -> AsyncEngine:
     engine = create_async_engine(async_url(url), pool_pre_ping=path is None, pool_size=20, max_overflow=20)
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    tally.install(engine)
     return engine
 
 
@@ -183,7 +185,9 @@ class Database:
     @staticmethod
     async def _run_in_transaction(conn: AsyncConnection, ops: list[WriteOp[Any]]) -> list[Any]:
         async with conn.begin():  # rolls back on any exception
-            return [await op(conn) for op in ops]
+            results = [await op(conn) for op in ops]
+        tally.settle(conn)  # committed: what the writes finished now counts
+        return results
 
 
 def _bound(op: Callable[[AsyncConnection, Sequence[ItemT]], Awaitable[object]],

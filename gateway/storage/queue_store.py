@@ -30,7 +30,7 @@ from gateway.records import (
     NewMessage,
     Outcome,
 )
-from gateway.storage import campaign_store, consent_store, feedback_store, reputation_store
+from gateway.storage import campaign_store, consent_store, feedback_store, reputation_store, tally
 from gateway.storage.feedback_store import BounceEffect, BounceFact
 from gateway.storage.tables import deliveries, events, inbound, messages, suppressions
 
@@ -191,6 +191,8 @@ async def _finish_claimed(conn: AsyncConnection, node: str, claims: Sequence[Cla
         {"at": now, "kind": DeliveryState.SUPPRESSED.value, "queue_id": c.queue_id,
          "delivery_id": c.delivery_id, "recipient": c.recipient, "reply": replies[c.delivery_id]}
         for c in claims])
+    for claim in claims:
+        tally.count_suppressed(conn, replies[claim.delivery_id])
     await _drop_finished_bodies(conn, {c.queue_id for c in claims})
 
 
@@ -335,19 +337,29 @@ def _same_address(recipient: str) -> Any:
 
 
 async def _suppress_waiting(conn: AsyncConnection, where: Any, reason: str, now: datetime) -> int:
-    """Finish waiting copies (held ones too) as suppressed. The UPDATE itself repeats "in the
-    queue and not leased", and events are written only for the rows it changed: a copy
-    another node claimed in the meantime is left to that node."""
+    """Finish waiting copies (held ones too) as suppressed, counted under ``reason``."""
+    finished = await _finish_waiting(conn, [where, deliveries.c.state.in_(_IN_QUEUE)],
+                                     DeliveryState.SUPPRESSED, reason, now)
+    tally.count_suppressed(conn, reason, finished)
+    return finished
+
+
+async def _finish_waiting(conn: AsyncConnection, where: Sequence[Any], state: DeliveryState, reply: str,
+                          now: datetime) -> int:
+    """Give copies matching ``where`` that are not leased a final state without an attempt:
+    the rows, an event each, and the bodies no longer needed. The UPDATE itself checks the
+    lease, and events are written only for the rows it changed: a copy another node claimed
+    in the meantime is left to that node."""
     changed = list(await conn.execute(
         update(deliveries)
-        .where(where, deliveries.c.state.in_(_IN_QUEUE), deliveries.c.claimed_by.is_(None))
-        .values(state=DeliveryState.SUPPRESSED.value, last_reply=reason, updated_at=now)
+        .where(*where, deliveries.c.claimed_by.is_(None))
+        .values(state=state.value, last_reply=reply, updated_at=now)
         .returning(deliveries.c.id, deliveries.c.queue_id, deliveries.c.recipient)))
     if not changed:
         return 0
     await conn.execute(insert(events), [
-        {"at": now, "kind": DeliveryState.SUPPRESSED.value, "queue_id": r.queue_id, "delivery_id": r.id,
-         "recipient": r.recipient, "reply": reason} for r in changed])
+        {"at": now, "kind": state.value, "queue_id": r.queue_id, "delivery_id": r.id,
+         "recipient": r.recipient, "reply": reply} for r in changed])
     await _drop_finished_bodies(conn, {r.queue_id for r in changed})
     return len(changed)
 
@@ -480,25 +492,9 @@ async def purge(conn: AsyncConnection, now: datetime, *, queue_id: str | None = 
     they become ``expired`` with an event saying so."""
     where = _selection("purge", QUEUE_STATES, states, queue_id=queue_id, domain=domain, provider=provider,
                        campaign=campaign)
-    query = select(deliveries.c.id, deliveries.c.queue_id, deliveries.c.recipient).where(
-        *where, deliveries.c.claimed_by.is_(None))
-    return await _finish_pending(conn, list(await conn.execute(query)), DeliveryState.EXPIRED,
-                                 "purged by operator", now)
-
-
-async def _finish_pending(conn: AsyncConnection, rows: Sequence[Any], state: DeliveryState, reply: str,
-                          now: datetime) -> int:
-    """Give pending rows (id, queue_id, recipient) a final state without an attempt: the
-    rows, an event each, and the bodies no longer needed."""
-    if not rows:
-        return 0
-    await conn.execute(update(deliveries).where(deliveries.c.id.in_([r.id for r in rows]))
-                       .values(state=state.value, last_reply=reply, updated_at=now))
-    await conn.execute(insert(events), [
-        {"at": now, "kind": state.value, "queue_id": r.queue_id, "delivery_id": r.id,
-         "recipient": r.recipient, "reply": reply} for r in rows])
-    await _drop_finished_bodies(conn, {r.queue_id for r in rows})
-    return len(rows)
+    purged = await _finish_waiting(conn, where, DeliveryState.EXPIRED, "purged by operator", now)
+    tally.count_expired(conn, purged)
+    return purged
 
 
 @dataclass(frozen=True)
