@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-from rich.console import Console, RenderableType
+from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
@@ -150,13 +150,19 @@ def _queue_table(status: Status, now: datetime) -> RenderableType:
     queue = status.queue
     if not queue.total:
         return Text("queue: empty")
-    states = ", ".join(f"{count} {state}" for state, count in sorted(queue.by_state.items()))
-    table = _table(f"queue: {queue.total} deliveries ({states})",
+    more = "+" if queue.capped else ""
+    states = ", ".join(f"{count}{'+' if state in queue.capped else ''} {state}"
+                       for state, count in sorted(queue.by_state.items()))
+    table = _table(f"queue: {queue.total}{more} deliveries ({states})",
                    ["PROVIDER", "STATE", "COUNT", "OLDEST DUE (UTC)"], right=["COUNT"])
     for group in sorted(queue.groups, key=lambda g: (g.provider, g.state)):
-        table.add_row(group.provider or "(not routed yet)", group.state, str(group.count),
+        table.add_row(group.provider or "(not routed yet)", group.state,
+                      f"{group.count}{'+' if group.state in queue.capped else ''}",
                       "-" if group.state == "held" else _when(group.oldest_due, now))
-    return table
+    if not queue.capped:
+        return table
+    return Group(table, Text(f"{' and '.join(queue.capped)}: the {queue.scan_limit} soonest due counted; "
+                             "gateway_queue_deliveries has the totals"))
 
 
 def _providers_table(status: Status, now: datetime) -> RenderableType:

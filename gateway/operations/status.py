@@ -17,12 +17,14 @@ from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.config.policy import Policy
+from gateway.records import PENDING_STATES
 from gateway.shaping.matching import DEFAULT
 from gateway.shaping.router import PoolSpec, Router
 from gateway.shaping.warmup import day_index
 from gateway.storage import campaign_store, feedback_store, shaping_store, status_store
 from gateway.storage.database import Database
 
+PENDING = frozenset(state.value for state in PENDING_STATES)
 UNROUTED = ""
 """Provider of a delivery never routed yet (no attempt or postponement so far)."""
 
@@ -37,8 +39,10 @@ class QueueCount(BaseModel):
 class QueueSummary(BaseModel):
     total: int
     by_state: dict[str, int]
-    oldest_due: datetime | None
+    oldest_due: datetime | None  # of the waiting (queued, deferred) ones: a held copy is not due
     groups: list[QueueCount]
+    capped: list[str] = []  # states counted only up to scan_limit: their counts are lower bounds
+    scan_limit: int = status_store.SCAN_LIMIT
 
 
 class ProviderLive(BaseModel):
@@ -91,15 +95,18 @@ class Status(BaseModel):
 
 # -- pure parts -------------------------------------------------------------------------------
 
-def summarize_queue(groups: list[status_store.QueueGroup]) -> QueueSummary:
+def summarize_queue(scan: status_store.QueueScan) -> QueueSummary:
+    """Totals per state and the soonest due time of what is waiting. Held copies keep the due
+    time they had when held, which says nothing about when they will go: left out."""
     by_state: dict[str, int] = {}
-    for group in groups:
+    for group in scan.groups:
         by_state[group.state] = by_state.get(group.state, 0) + group.count
+    waiting = [g.oldest_due for g in scan.groups if g.state in PENDING]
     return QueueSummary(
-        total=sum(by_state.values()), by_state=by_state,
-        oldest_due=min((g.oldest_due for g in groups), default=None),
+        total=sum(by_state.values()), by_state=by_state, oldest_due=min(waiting, default=None),
         groups=[QueueCount(state=g.state, provider=g.provider, count=g.count, oldest_due=g.oldest_due)
-                for g in groups])
+                for g in scan.groups],
+        capped=sorted(scan.capped))
 
 
 def warmup_rows(pools: Mapping[str, PoolSpec], policy: Policy, today: date,

@@ -12,12 +12,13 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.records import DeliveryState
+from gateway.records import QUEUE_STATES
 from gateway.storage.tables import deliveries
 
-IN_QUEUE = tuple(state.value for state in DeliveryState if not state.is_final)
-"""Every state still in the queue (queued, deferred, and held once it exists): read from the
-enum so that a new waiting state is counted without a change here."""
+SCAN_LIMIT = 100_000
+"""Most deliveries a status reads per state. A status is asked for while things go wrong,
+often of a queue that has grown: it must cost a bounded index range, not a walk over a
+million rows. Beyond this the counts are lower bounds (gateway_queue_deliveries has the total)."""
 
 
 @dataclass(frozen=True)
@@ -30,13 +31,27 @@ class QueueGroup:
     oldest_due: datetime
 
 
-async def queue_groups(conn: AsyncConnection) -> list[QueueGroup]:
-    """Count and earliest due time per (state, provider): one grouped scan of the waiting rows,
-    which the (state, ...) index bounds; final rows are never read."""
-    rows = await conn.execute(
-        select(deliveries.c.state, deliveries.c.provider, func.count(),
-               func.min(deliveries.c.next_attempt_at))
-        .where(deliveries.c.state.in_(IN_QUEUE))
-        .group_by(deliveries.c.state, deliveries.c.provider))
-    return sorted((QueueGroup(row[0], row[1] or "", int(row[2]), row[3]) for row in rows),
-                  key=lambda group: (group.state, group.provider))
+@dataclass(frozen=True)
+class QueueScan:
+    groups: list[QueueGroup]
+    capped: frozenset[str]  # states with SCAN_LIMIT deliveries or more: their counts are lower bounds
+
+
+async def queue_groups(conn: AsyncConnection, limit: int = SCAN_LIMIT) -> QueueScan:
+    """Count and earliest due time per (state, provider) among the ``limit`` soonest due
+    deliveries of each state still in the queue: an ordered range of the (state,
+    next_attempt_at) index that stops at ``limit``, so the cost does not grow with the queue."""
+    groups: list[QueueGroup] = []
+    capped: set[str] = set()
+    for state in sorted(s.value for s in QUEUE_STATES):
+        soonest = (select(deliveries.c.provider, deliveries.c.next_attempt_at)
+                   .where(deliveries.c.state == state)
+                   .order_by(deliveries.c.next_attempt_at).limit(limit).subquery())
+        rows = await conn.execute(
+            select(soonest.c.provider, func.count(), func.min(soonest.c.next_attempt_at))
+            .group_by(soonest.c.provider))
+        found = [QueueGroup(state, row[0] or "", int(row[1]), row[2]) for row in rows]
+        if sum(group.count for group in found) >= limit:
+            capped.add(state)
+        groups.extend(sorted(found, key=lambda group: group.provider))
+    return QueueScan(groups, frozenset(capped))

@@ -13,12 +13,12 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.config.policy import Policy
-from gateway.operations.status import database_status, live_status
+from gateway.operations.status import database_status, live_status, summarize_queue
 from gateway.records import NewMessage, new_queue_id
 from gateway.rewrite.tokens import TokenCodec
 from gateway.shaping.router import PoolSpec, Router, SourceIp
 from gateway.shaping.store import MemoryThrottleStore
-from gateway.storage import campaign_store, queue_store, shaping_store
+from gateway.storage import campaign_store, queue_store, shaping_store, status_store
 from gateway.storage.database import Database
 from gateway.web.admin import admin_app
 from gateway.web.api import ApiContext, admin_api
@@ -138,6 +138,20 @@ async def test_database_status_reads_what_survives_the_gateway(ops: Ops) -> None
     assert status.queue.oldest_due == T0 - timedelta(minutes=3)
     assert [(w.source_ip, w.provider, w.day, w.cap, w.sent_today, w.held_days) for w in status.warmup] == [
         ("127.0.0.11", "gmail", 1, 50, 40, 1)]  # day 2 held back one day
+
+
+async def test_queue_read_stops_at_the_scan_limit_and_ignores_held_due_times(ops: Ops) -> None:
+    await _queue(ops.db, "a@gmail.test", "b@gmail.test", "c@other.test", n=1)
+    await _queue(ops.db, "d@other.test", campaign="spring", n=2)
+    await ops.db.write(lambda conn: queue_store.retry_now(conn, T0 - timedelta(days=2), campaign="spring"))
+    await ops.db.write(lambda conn: campaign_store.pause_campaign(
+        conn, "spring", reason="manual", detail="", by="cli", now=T0))  # held, due two days ago
+
+    scan = await ops.db.read(lambda conn: status_store.queue_groups(conn, limit=2))
+    assert [(g.state, g.count) for g in scan.groups] == [("held", 1), ("queued", 2)]
+    assert scan.capped == {"queued"}  # three queued, two read: a lower bound
+    summary = summarize_queue(await ops.db.read(status_store.queue_groups))
+    assert (summary.by_state, summary.capped, summary.oldest_due) == ({"held": 1, "queued": 3}, [], T0)
 
 
 async def test_trace_and_queue_views(ops: Ops) -> None:

@@ -11,7 +11,7 @@ from gateway.config.policy import Policy
 from gateway.config.units import HostPort
 from gateway.operations.status import summarize_queue, warmup_rows
 from gateway.shaping.router import PoolSpec, SourceIp
-from gateway.storage.status_store import QueueGroup
+from gateway.storage.status_store import QueueGroup, QueueScan
 
 NOW = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
 
@@ -102,10 +102,31 @@ def test_a_suspension_from_another_node_has_no_reason_here() -> None:
 def test_queue_summary_totals_states_and_finds_the_oldest() -> None:
     groups = [QueueGroup("deferred", "gmail", 2, NOW - timedelta(hours=1)), QueueGroup("queued", "", 5, NOW),
               QueueGroup("queued", "gmail", 1, NOW + timedelta(minutes=5))]
-    summary = summarize_queue(groups)
-    assert (summary.total, summary.by_state, summary.oldest_due) == (
-        8, {"deferred": 2, "queued": 6}, NOW - timedelta(hours=1))
-    assert summarize_queue([]).oldest_due is None
+    summary = summarize_queue(QueueScan(groups, frozenset()))
+    assert (summary.total, summary.by_state, summary.oldest_due, summary.capped) == (
+        8, {"deferred": 2, "queued": 6}, NOW - timedelta(hours=1), [])
+    assert summarize_queue(QueueScan([], frozenset())).oldest_due is None
+
+
+def test_a_held_copy_is_not_the_oldest_due() -> None:
+    """Held copies keep the due time they had when held (days ago for a paused campaign):
+    counting it would show a long-overdue queue where nothing waits."""
+    groups = [QueueGroup("held", "gmail", 40, NOW - timedelta(days=3)), QueueGroup("queued", "", 1, NOW)]
+    assert summarize_queue(QueueScan(groups, frozenset())).oldest_due == NOW
+    only_held = summarize_queue(QueueScan(groups[:1], frozenset()))
+    assert (only_held.total, only_held.oldest_due) == (40, None)
+
+
+def test_counts_stopped_at_the_scan_limit_show_as_lower_bounds() -> None:
+    queue = {"total": 100_003, "by_state": {"queued": 100_000, "deferred": 3}, "oldest_due": NOW.isoformat(),
+             "capped": ["queued"], "scan_limit": 100_000,
+             "groups": [{"state": "queued", "provider": "gmail", "count": 100_000, "oldest_due": NOW.isoformat()},
+                        {"state": "deferred", "provider": "gmail", "count": 3, "oldest_due": NOW.isoformat()}]}
+    text = render_text(_status(queue=queue), width=160)
+    assert "queue: 100003+ deliveries (3 deferred, 100000+ queued)" in text
+    _row(text, "gmail", "queued", "100000+")
+    _row(text, "gmail", "deferred", "3")
+    assert "queued: the 100000 soonest due counted; gateway_queue_deliveries has the totals" in text
 
 
 def test_warmup_rows_cover_warming_ips_and_scheduled_providers() -> None:
