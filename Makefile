@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 CONFIG ?= config.example.toml
 
-.PHONY: install run test lint typecheck bench clean clean-all
+.PHONY: install run demo test lint typecheck bench clean clean-all
 
 install: $(VENV)/.installed
 
@@ -18,6 +18,10 @@ run: install keys/example.com.s1.pem
 	mkdir -p var
 	$(BIN)/gateway db upgrade -c $(CONFIG)
 	exec $(BIN)/gateway serve -c $(CONFIG)
+
+# The gateway with fake ISPs on loopback and a sample campaign (docs/demo.md); Ctrl-C stops it.
+demo: install
+	exec $(BIN)/gateway demo
 
 # The example configuration's DKIM key; the DNS record to publish is printed once.
 keys/example.com.s1.pem: | install

@@ -14,6 +14,7 @@ from gateway.cli import (
     bounces_cmd,
     campaign_cmd,
     consent_cmd,
+    demo_cmd,
     dkim_cmd,
     dns_cmd,
     policy_cmd,
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     consent_cmd.add_parsers(verbs, _config_arg)
     policy_cmd.add_parsers(verbs, _config_arg)
     bounces_cmd.add_parsers(verbs, _config_arg)
+    demo_cmd.add_parsers(verbs)
     status_cmd.add_parsers(verbs, _config_arg)
     campaign_cmd.add_parsers(verbs, _config_arg)
     return parser
@@ -117,6 +119,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return dkim_cmd.run(args)
     if args.verb == "dns":
         return dns_cmd.run(args)
+    if args.verb == "demo":
+        return demo_cmd.run(args)
     if args.verb == "bounces":
         return bounces_cmd.run(args)
     if args.verb == "campaign":

@@ -580,8 +580,9 @@ class SinkServer:
 # -- command line ------------------------------------------------------------------------------
 
 
-class _Writer:
-    """Writes ``<n>.eml`` and ``<n>.json``; plain synchronous writes, good enough for a fake."""
+class InboxWriter:
+    """Writes ``<n>.eml`` and ``<n>.json``; plain synchronous writes, good enough for a fake
+    (the CLI's ``--out`` and the demo's inboxes)."""
 
     def __init__(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -653,7 +654,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         endpoint = parse_host_port(args.listen)
-        writer = _Writer(args.out) if args.out else None
+        writer = InboxWriter(args.out) if args.out else None
         script = _script_from(args.reply)
     except (OSError, ValueError) as exc:
         print(f"sink: {exc}", file=sys.stderr)
