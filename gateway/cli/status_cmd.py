@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -43,14 +44,14 @@ def add_parsers(verbs: Any, add_config: AddConfig) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
-    data, missing = fetch_live(settings)
-    if data is None:
-        data = json.loads(asyncio.run(_from_database(settings)).model_dump_json())
+    status, missing = fetch_live(settings)
+    if status is None:
+        status = asyncio.run(_from_database(settings))
     if args.json:
-        print(json.dumps(data, indent=2))
+        print(json.dumps(status.model_dump(mode="json"), indent=2))
     else:
         console = Console(highlight=False)
-        show(console, Status.model_validate(data))
+        show(console, status)
         if missing:
             console.print(f"{NEEDS_LIVE} ({missing})", highlight=False, markup=False)
     return 0
@@ -58,8 +59,11 @@ def run(args: argparse.Namespace) -> int:
 
 # -- where the data comes from ----------------------------------------------------------------
 
-def fetch_live(settings: Settings) -> tuple[dict[str, Any] | None, str]:
-    """The running gateway's status, or None and why it could not be had."""
+def fetch_live(settings: Settings, transport: httpx.BaseTransport | None = None) -> tuple[Status | None, str]:
+    """The running gateway's status, or None and why it could not be had.
+
+    Proxy variables of the environment are ignored: the request carries the admin token and
+    goes to the gateway's own listener, never through an HTTP_PROXY that could read it."""
     endpoint, token_file = settings.http.admin_listen, settings.http.api_token_file
     if endpoint is None:
         return None, "[http] admin_listen is off"
@@ -71,18 +75,21 @@ def fetch_live(settings: Settings) -> tuple[dict[str, Any] | None, str]:
         return None, f"cannot use the API token: {exc}"
     url = f"http://{_reachable(endpoint)}/api/status"
     try:
-        response = httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=API_TIMEOUT)
+        with httpx.Client(transport=transport, trust_env=False, timeout=API_TIMEOUT) as client:
+            response = client.get(url, headers={"Authorization": f"Bearer {token}"})
     except httpx.ConnectError:
         return None, f"no gateway answers at {url}"
     except httpx.HTTPError as exc:
         return None, f"{url}: {exc or type(exc).__name__}"
+    if response.status_code in (401, 403):
+        return None, (f"{url} refused the token of [http] api_token_file "
+                      f"({response.status_code}: {_error_text(response)})")
     if response.status_code != 200:
         return None, f"{url} answered {response.status_code}: {_error_text(response)}"
     try:
-        found: dict[str, Any] = response.json()
-    except ValueError:
-        return None, f"{url} answered something that is not JSON"
-    return found, ""
+        return Status.model_validate_json(response.content), ""
+    except ValidationError:
+        return None, f"{url} answered something that is not a gateway status"
 
 
 def _reachable(endpoint: HostPort) -> str:

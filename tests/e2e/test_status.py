@@ -28,9 +28,12 @@ def _submit(port: int, recipients: list[str]) -> None:
 
 
 def _status(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    # A proxy in the environment must not be used: it would be handed the admin token.
+    proxy = {name: "http://127.0.0.1:9" for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")}
+    env = {name: value for name, value in os.environ.items() if name.lower() != "no_proxy"}
     return subprocess.run([sys.executable, "-m", "gateway", "status", "-c", str(config), *args],
                           capture_output=True, text=True, timeout=60, cwd=ROOT,
-                          env={**os.environ, "COLUMNS": "200"})
+                          env={**env, **proxy, "COLUMNS": "200"})
 
 
 async def test_status_shows_a_suspension_live_and_the_database_part_once_stopped(
@@ -67,6 +70,18 @@ async def test_status_shows_a_suspension_live_and_the_database_part_once_stopped
     raw = json.loads((await asyncio.to_thread(_status, config, "--json")).stdout)
     assert raw["live"] is True
     assert [(s["provider"], s["source_ip"]) for s in raw["suspensions"]] == [("default", "127.0.0.10")]
+
+    wrong = tmp_path / "wrong.token"
+    wrong.write_text("wrong-" + "e" * 40)
+    wrong.chmod(0o600)
+    refused_config = tmp_path / "refused.toml"
+    refused_config.write_text(config.read_text().replace(str(token_file), str(wrong)))
+    refused = await asyncio.to_thread(_status, refused_config)
+    assert refused.returncode == 0, refused.stderr
+    assert "database only (gateway not reached)" in refused.stdout and "queue: 2 deliveries (" in refused.stdout
+    assert (f"{NEEDS_LIVE} (http://127.0.0.1:{port}/api/status refused the token of [http] api_token_file "
+            "(401: invalid bearer token))") in refused.stdout
+    assert "Traceback" not in refused.stderr + refused.stdout
 
     await running.gateway.stop()
     stopped = await asyncio.to_thread(_status, config)

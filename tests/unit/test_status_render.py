@@ -3,11 +3,16 @@ of gathering it (queue summary, warm-up rows)."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from gateway.cli.status_cmd import _reachable, render_text
+import httpx
+
+from gateway.cli.status_cmd import _reachable, fetch_live, render_text
 from gateway.config.policy import Policy
+from gateway.config.schema import Settings
 from gateway.config.units import HostPort
 from gateway.operations.status import summarize_queue, warmup_rows
 from gateway.shaping.router import PoolSpec, SourceIp
@@ -145,3 +150,55 @@ def test_a_wildcard_admin_listener_is_reached_on_loopback() -> None:
     assert _reachable(HostPort("0.0.0.0", 8025)) == "127.0.0.1:8025"
     assert _reachable(HostPort("::", 8025)) == "[::1]:8025"
     assert _reachable(HostPort("127.0.0.2", 9)) == "127.0.0.2:9"
+
+
+# -- asking the running gateway: what a refusal or a broken answer falls back to ---------------
+
+def _settings(tmp_path: Path) -> Settings:
+    token = tmp_path / "api.token"
+    token.write_text("status-" + "d" * 40)
+    token.chmod(0o600)
+    return Settings.model_validate({"http": {"admin_listen": "0.0.0.0:8025", "api_token_file": str(token)}})
+
+
+def _answering(status: int, body: bytes, seen: list[httpx.Request] | None = None) -> httpx.MockTransport:
+    def reply(request: httpx.Request) -> httpx.Response:
+        if seen is not None:
+            seen.append(request)
+        return httpx.Response(status, content=body, headers={"Content-Type": "application/json"})
+    return httpx.MockTransport(reply)
+
+
+def test_the_live_status_is_asked_on_loopback_with_the_token(tmp_path: Path) -> None:
+    seen: list[httpx.Request] = []
+    status, missing = fetch_live(_settings(tmp_path), _answering(200, json.dumps(_status()).encode(), seen))
+    assert (missing, status is not None and status.node) == ("", "mx1")
+    assert str(seen[0].url) == "http://127.0.0.1:8025/api/status"
+    assert seen[0].headers["Authorization"] == "Bearer status-" + "d" * 40
+
+
+def test_a_refused_token_falls_back_and_says_why(tmp_path: Path) -> None:
+    refused = json.dumps({"error": "invalid bearer token"}).encode()
+    status, missing = fetch_live(_settings(tmp_path), _answering(401, refused))
+    assert status is None
+    assert missing == ("http://127.0.0.1:8025/api/status refused the token of [http] api_token_file "
+                       "(401: invalid bearer token)")
+
+
+def test_a_server_error_or_a_foreign_answer_falls_back(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    assert fetch_live(settings, _answering(500, b"Internal Server Error")) == (
+        None, "http://127.0.0.1:8025/api/status answered 500: Internal Server Error")
+    assert fetch_live(settings, _answering(503, b'{"error": "storage unavailable, try again"}'))[1].endswith(
+        "answered 503: storage unavailable, try again")
+    for foreign in (b'{"status": "ok"}', b"<html>not json</html>", b"[]"):
+        assert fetch_live(settings, _answering(200, foreign)) == (
+            None, "http://127.0.0.1:8025/api/status answered something that is not a gateway status")
+
+
+def test_no_token_or_listener_is_said_without_asking(tmp_path: Path) -> None:
+    assert fetch_live(Settings.model_validate({})) == (None, "[http] api_token_file is not set")
+    missing = Settings.model_validate({"http": {"admin_listen": "127.0.0.1:8025",
+                                                "api_token_file": str(tmp_path / "nothing")}})
+    status, why = fetch_live(missing)
+    assert status is None and why.startswith("cannot use the API token: ") and "file not found" in why
