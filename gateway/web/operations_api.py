@@ -15,8 +15,9 @@ from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, FastAPI, Path, Query
-from pydantic import Field, StrictBool, StrictStr, model_validator
+from pydantic import AfterValidator, Field, StrictBool, StrictStr, model_validator
 
+from gateway.config.units import KEY_RULE, is_key
 from gateway.operations.status import Status
 from gateway.records import PENDING_STATES, QUEUE_STATES, DeliveryState
 from gateway.storage import campaign_store, queue_store
@@ -26,7 +27,7 @@ from gateway.web.api import CONFLICT, INVALID, NOT_FOUND, ApiError, Body, Out, P
 
 log = logging.getLogger(__name__)
 QUEUE_PAGE = 1000
-FILTERS = "queue_id, domain, provider, campaign, state"
+NARROWING = "queue_id, domain, provider or campaign"
 QueueState = Literal["queued", "deferred", "held"]  # gateway.records.QUEUE_STATES
 
 
@@ -40,41 +41,58 @@ class OperationsContext:
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
 
+def _campaign(value: str) -> str:
+    """As X-Gateway-Campaign takes it at intake: a name that no mail can carry would pause
+    nothing (and must not reach the log as is)."""
+    if value and not is_key(value):
+        raise ValueError(f"not a campaign name: {KEY_RULE}")
+    return value
+
+
 Name = Annotated[StrictStr, Field(min_length=1, max_length=255)]
-CampaignName = Annotated[str, Path(min_length=1, max_length=64,
-                                   description="X-Gateway-Campaign value (mail without one is never paused)")]
+ProviderName = Annotated[StrictStr, Field(max_length=64,
+                                          description='provider profile; "" for not routed yet')]
+CampaignFilter = Annotated[StrictStr, AfterValidator(_campaign),
+                           Field(description='"" for mail without X-Gateway-Campaign')]
+CampaignName = Annotated[str, AfterValidator(_campaign),
+                         Path(min_length=1, description="X-Gateway-Campaign value (mail without one is never "
+                                                        "paused)")]
+TraceKey = Annotated[str, Path(min_length=1, max_length=1000,
+                               description="a queue id, a Message-ID (with or without <>) or an address")]
 
 
 class QueueQuery(Body):
-    provider: Name | None = Field(default=None, description='provider profile; "" for not routed yet')
+    provider: ProviderName | None = None
     domain: Name | None = None
-    campaign: Annotated[StrictStr, Field(max_length=64)] | None = None
+    campaign: CampaignFilter | None = None
     state: QueueState | None = Field(default=None, description="default: every state still in the queue")
     limit: int = Field(default=100, ge=1, le=QUEUE_PAGE)
 
 
 class QueueSelection(Body):
-    """Which deliveries still in the queue an action applies to; filters combine with AND."""
+    """Which deliveries still in the queue an action applies to; filters combine with AND.
+
+    One of queue_id, domain, provider or campaign, or ``"all": true``, is required: a body
+    sent empty by mistake (or with only a state, which still spans every domain) must not
+    change the whole queue, as ``postsuper -d ALL deferred`` wants its ALL."""
 
     queue_id: Annotated[StrictStr, Field(min_length=1, max_length=26)] | None = None
     domain: Name | None = None
-    provider: Name | None = None
-    campaign: Annotated[StrictStr, Field(max_length=64)] | None = Field(
-        default=None, description='"" for mail without X-Gateway-Campaign')
+    provider: ProviderName | None = None
+    campaign: CampaignFilter | None = None
     state: QueueState | None = Field(default=None, description="default: every state the action applies to")
-    all: StrictBool = Field(default=False, description="every delivery: required instead of filters "
-                                                       "where an empty filter is refused")
+    all: StrictBool = Field(default=False, description=f"every delivery (of state, if given); required "
+                                                       f"when none of {NARROWING} is given")
 
     @model_validator(mode="after")
     def _filters_or_all(self) -> QueueSelection:
-        if self.all and self.filtered:
-            raise ValueError("give filters or all, not both")
+        if self.all and self.narrowed:
+            raise ValueError(f"give {NARROWING} or all, not both")
         return self
 
     @property
-    def filtered(self) -> bool:
-        return any(value is not None
-                   for value in (self.queue_id, self.domain, self.provider, self.campaign, self.state))
+    def narrowed(self) -> bool:
+        return any(value is not None for value in (self.queue_id, self.domain, self.provider, self.campaign))
 
 
 class ChangedOut(Out):
@@ -151,9 +169,9 @@ def _routes(ctx: OperationsContext) -> APIRouter:
     async def status() -> Status:
         return await ctx.status(ctx.clock())
 
-    @routes.get("/trace/{key:path}", response_model=TraceOut, responses=NOT_FOUND,
+    @routes.get("/trace/{key:path}", response_model=TraceOut, responses={**NOT_FOUND, **INVALID},
                 summary="every recorded step of a queue id, a Message-ID or an address (`gateway trace`)")
-    async def trace(key: str) -> TraceOut:
+    async def trace(key: TraceKey) -> TraceOut:
         rows = await db.read(lambda conn: queue_store.trace(conn, key))
         if not rows:
             raise ApiError(404, f"nothing recorded for {key}")
@@ -177,25 +195,10 @@ def _routes(ctx: OperationsContext) -> APIRouter:
         return MessageOut(queue_id=found.queue_id, received_at=found.received_at, mail_from=found.mail_from,
                           stream=found.stream, deliveries=[_delivery_out(d) for d in found.deliveries])
 
-    @routes.post("/queue/retry", response_model=ChangedOut, responses=INVALID,
-                 summary="make waiting (queued or deferred) deliveries due now")
-    async def retry(body: QueueSelection) -> ChangedOut:
-        return await _change(ctx, body, "retry")
-
-    @routes.post("/queue/hold", response_model=ChangedOut, responses=INVALID,
-                 summary="keep waiting deliveries unsent until released; an empty filter needs all: true")
-    async def hold(body: QueueSelection) -> ChangedOut:
-        return await _change(ctx, _needs_filter(body, "hold"), "hold")
-
-    @routes.post("/queue/release", response_model=ChangedOut, responses=INVALID,
-                 summary="make held deliveries due now (a paused campaign's are held again: resume it)")
-    async def release(body: QueueSelection) -> ChangedOut:
-        return await _change(ctx, body, "release")
-
-    @routes.post("/queue/purge", response_model=ChangedOut, responses=INVALID,
-                 summary="give up on deliveries (they become expired); an empty filter needs all: true")
-    async def purge(body: QueueSelection) -> ChangedOut:
-        return await _change(ctx, _needs_filter(body, "purge"), "purge")
+    for action, (summary, *_) in _ACTIONS.items():
+        routes.add_api_route(f"/queue/{action}", _queue_action(ctx, action), methods=["POST"],
+                             response_model=ChangedOut, responses=INVALID, summary=summary,
+                             name=f"queue_{action}")
 
     @routes.get("/campaigns", response_model=CampaignsOut,
                 summary="every campaign ever paused: whether it is now, why, and how many copies are held")
@@ -203,7 +206,7 @@ def _routes(ctx: OperationsContext) -> APIRouter:
         found = await db.read(campaign_store.campaign_states)
         return CampaignsOut(campaigns=[_campaign_out(c) for c in found])
 
-    @routes.post("/campaigns/{name}/pause", response_model=CampaignOut, responses={**NOT_FOUND, **INVALID},
+    @routes.post("/campaigns/{name}/pause", response_model=CampaignOut, responses=INVALID,
                  summary="pause a campaign: its waiting and new copies are held, not lost")
     async def pause(name: CampaignName, body: PauseIn | None = None) -> CampaignOut:
         detail = (body.detail if body is not None else "") or "paused by an operator (admin API)"
@@ -214,7 +217,7 @@ def _routes(ctx: OperationsContext) -> APIRouter:
         return await _campaign_now(ctx, name)
 
     @routes.post("/campaigns/{name}/resume", response_model=CampaignOut,
-                 responses={**NOT_FOUND, **CONFLICT, **INVALID},
+                 responses={**CONFLICT, **INVALID},
                  summary="resume a paused campaign: its held copies are due now, reputation counted afresh")
     async def resume(name: CampaignName) -> CampaignOut:
         now = ctx.clock()
@@ -242,25 +245,33 @@ def _campaign_out(state: campaign_store.CampaignState) -> CampaignOut:
                        counted_since=state.counted_since, held=state.held)
 
 
-def _needs_filter(body: QueueSelection, action: str) -> QueueSelection:
-    if not body.filtered and not body.all:
-        raise ApiError(422, f"refusing to {action} the whole queue without \"all\": true",
-                       [Problem(field="body", message=f'give a filter ({FILTERS}) or "all": true')])
-    return body
+_Action = Callable[..., Awaitable[int]]
+_ACTIONS: dict[str, tuple[str, _Action, frozenset[DeliveryState]]] = {  # as queue_store's actions take them
+    "retry": ("make waiting (queued or deferred) deliveries due now", queue_store.retry_now, PENDING_STATES),
+    "hold": ("keep waiting deliveries unsent until released", queue_store.hold, PENDING_STATES),
+    "release": ("make held deliveries due now (a paused campaign's are held again: resume it)",
+                queue_store.release, frozenset({DeliveryState.HELD})),
+    "purge": ("give up on deliveries (they become expired)", queue_store.purge, QUEUE_STATES),
+}
 
 
-_ACTIONS = {"retry": queue_store.retry_now, "hold": queue_store.hold, "release": queue_store.release,
-            "purge": queue_store.purge}
-_APPLIES_TO = {"retry": PENDING_STATES, "hold": PENDING_STATES, "release": {DeliveryState.HELD},
-               "purge": QUEUE_STATES}  # as gateway.storage.queue_store's actions take them
+def _queue_action(ctx: OperationsContext, action: str) -> Callable[[QueueSelection], Awaitable[ChangedOut]]:
+    async def change(body: QueueSelection) -> ChangedOut:
+        return await _change(ctx, body, action)
+    return change
 
 
 async def _change(ctx: OperationsContext, body: QueueSelection, action: str) -> ChangedOut:
-    now, change = ctx.clock(), _ACTIONS[action]
-    valid = sorted(s.value for s in _APPLIES_TO[action])
+    _summary, change, applies_to = _ACTIONS[action]
+    valid = sorted(s.value for s in applies_to)
     if body.state is not None and body.state not in valid:
         message = f"{action} applies to {' or '.join(valid)} deliveries, not {body.state}"
         raise ApiError(422, f"invalid request: state: {message}", [Problem(field="state", message=message)])
+    if not body.narrowed and not body.all:
+        which = f"every {body.state} delivery" if body.state else "the whole queue"
+        raise ApiError(422, f'refusing to {action} {which} without "all": true',
+                       [Problem(field="body", message=f'give {NARROWING}, or "all": true')])
+    now = ctx.clock()
     changed = await ctx.db.write(lambda conn: change(
         conn, now, queue_id=body.queue_id, domain=body.domain, provider=body.provider,
         campaign=body.campaign, states=[body.state] if body.state else None))

@@ -190,10 +190,19 @@ async def test_retry_and_purge_take_json_filters(ops: Ops) -> None:
     assert (await ops.get("/queue", provider="gmail")).json()["deliveries"][0]["next_attempt_at"] == \
         "2026-03-02T09:30:00Z"
 
-    refused = await ops.post("/queue/purge", {})
-    assert refused.status_code == 422 and '"all": true' in refused.json()["error"]
+    for action in ("retry", "hold", "release", "purge"):  # an empty body never spans the whole queue
+        refused = await ops.post(f"/queue/{action}", {})
+        assert (refused.status_code, refused.json()["error"]) == (
+            422, f'refusing to {action} the whole queue without "all": true'), action
+    only_state = await ops.post("/queue/purge", {"state": "queued"})  # every domain: not a narrowing filter
+    assert (only_state.status_code, only_state.json()["error"]) == (
+        422, 'refusing to purge every queued delivery without "all": true')
+    assert only_state.json()["problems"] == [
+        {"field": "body", "message": 'give queue_id, domain, provider or campaign, or "all": true'}]
     both = await ops.post("/queue/purge", {"all": True, "domain": "gmail.test"})
     assert both.status_code == 422 and "not both" in both.json()["error"]
+    assert (await ops.post("/queue/purge", {"all": True, "state": "deferred"})).json() == {"changed": 0}
+    assert ops.woken == [1]
     unknown = await ops.post("/queue/purge", {"recipient": "a@gmail.test"})
     assert unknown.status_code == 422 and unknown.json()["problems"] == [
         {"field": "recipient", "message": "unknown field"}]
@@ -215,7 +224,7 @@ async def test_hold_release_and_campaigns(ops: Ops) -> None:
     assert [d["recipient"] for d in (await ops.get("/queue", state="held")).json()["deliveries"]] == ["b@other.test"]
     wrong = await ops.post("/queue/release", {"state": "queued"})
     assert wrong.status_code == 422 and wrong.json()["problems"][0]["field"] == "state"
-    assert (await ops.post("/queue/release", {})).json() == {"changed": 1}
+    assert (await ops.post("/queue/release", {"all": True})).json() == {"changed": 1}
     assert ops.woken == [1]
 
     paused = await ops.post("/campaigns/spring/pause", {"detail": "wrong list uploaded"})
@@ -240,3 +249,25 @@ async def test_hold_release_and_campaigns(ops: Ops) -> None:
     assert (not_paused.status_code, not_paused.json()) == (409, {"error": "campaign spring is not paused"})
     assert (await ops.post("/campaigns/never-seen/resume", {})).status_code == 409
     assert (await ops.post(f"/campaigns/{'x' * 65}/pause", {})).status_code == 422
+
+
+async def test_campaign_names_are_those_mail_can_carry(ops: Ops) -> None:
+    """A name X-Gateway-Campaign cannot hold would pause nothing while the operator believes
+    the send stopped; a control character in it would reach the log as is."""
+    for name in ("spring%20sale", "spring%0D%1B[2J", "-spring"):
+        refused = await ops.post(f"/campaigns/{name}/pause", {})
+        assert refused.status_code == 422, name
+        assert refused.json()["problems"] == [{"field": "name", "message": "not a campaign name: 1-64 letters, "
+                                               "digits, '.', '_' or '-', starting with a letter or digit"}]
+    assert (await ops.get("/campaigns")).json() == {"campaigns": []}
+    bad_filter = await ops.post("/queue/hold", {"campaign": "spring sale"})
+    assert (bad_filter.status_code, bad_filter.json()["problems"][0]["field"]) == (422, "campaign")
+    assert (await ops.get("/queue", campaign="spring sale")).status_code == 422
+
+
+async def test_the_provider_filter_takes_mail_not_routed_yet(ops: Ops) -> None:
+    await _queue(ops.db, "a@gmail.test", "b@other.test", n=1)
+    await _route_to_gmail(ops.db, T0 + timedelta(minutes=10))
+    unrouted = (await ops.get("/queue", provider="")).json()["deliveries"]
+    assert [d["recipient"] for d in unrouted] == ["b@other.test"]
+    assert (await ops.post("/queue/hold", {"provider": ""})).json() == {"changed": 1}
