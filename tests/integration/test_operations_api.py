@@ -271,3 +271,19 @@ async def test_the_provider_filter_takes_mail_not_routed_yet(ops: Ops) -> None:
     unrouted = (await ops.get("/queue", provider="")).json()["deliveries"]
     assert [d["recipient"] for d in unrouted] == ["b@other.test"]
     assert (await ops.post("/queue/hold", {"provider": ""})).json() == {"changed": 1}
+
+
+async def test_every_operations_route_needs_the_token(ops: Ops) -> None:
+    queue_id = await _queue(ops.db, "a@gmail.test", campaign="spring", n=1)
+    paths = [("GET", "/status"), ("GET", f"/trace/{queue_id}"), ("GET", "/queue"), ("GET", f"/queue/{queue_id}"),
+             ("GET", "/campaigns"), ("POST", "/campaigns/spring/pause"), ("POST", "/campaigns/spring/resume"),
+             *(("POST", f"/queue/{action}") for action in ("retry", "hold", "release", "purge"))]
+    wrong = {"Authorization": "Bearer " + "x" * 46}
+    for method, path in paths:
+        for headers in ({}, wrong):
+            answer = await ops.anonymous.request(method, f"/api{path}", json={"all": True}, headers=headers)
+            assert answer.status_code == 401, (method, path, headers)
+            assert "Bearer" in answer.headers["WWW-Authenticate"]
+    still = (await ops.get(f"/queue/{queue_id}")).json()["deliveries"]
+    assert [(d["state"], d["next_attempt_at"]) for d in still] == [("queued", "2026-03-02T09:30:00Z")]
+    assert (await ops.get("/campaigns")).json() == {"campaigns": []}
