@@ -29,6 +29,7 @@ from gateway.operations.status import Status, database_status
 from gateway.shaping.pools import pools_from
 from gateway.signing.token_keys import read_api_token
 from gateway.storage.database import Database
+from gateway.storage.errors import StorageError
 
 AddConfig = Callable[[argparse.ArgumentParser], None]
 API_TIMEOUT = 10.0
@@ -46,7 +47,11 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     status, missing = fetch_live(settings)
     if status is None:
-        status = asyncio.run(_from_database(settings))
+        try:
+            status = asyncio.run(_from_database(settings))
+        except (StorageError, OSError) as exc:  # both sources failed: say why for each
+            raise StorageError(f"{exc} (live status unavailable too: {missing}; a database that "
+                               "is not at this version's schema needs `gateway db upgrade -c FILE`)") from exc
     if args.json:
         print(json.dumps(status.model_dump(mode="json"), indent=2))
     else:

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
+from gateway.cli.main import main
 from gateway.cli.status_cmd import _reachable, fetch_live, render_text
 from gateway.config.policy import Policy
 from gateway.config.schema import Settings
@@ -202,3 +204,13 @@ def test_no_token_or_listener_is_said_without_asking(tmp_path: Path) -> None:
                                                 "api_token_file": str(tmp_path / "nothing")}})
     status, why = fetch_live(missing)
     assert status is None and why.startswith("cannot use the API token: ") and "file not found" in why
+
+
+def test_neither_source_is_one_line_saying_why_for_both(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[storage]\nurl = "sqlite:///{tmp_path}/empty.db"\n')  # no schema: never upgraded
+    assert main(["status", "-c", str(config)]) == 1
+    out = capsys.readouterr()
+    assert out.out == "" and "Traceback" not in out.err and len(out.err.splitlines()) == 1
+    assert "no such table" in out.err and "live status unavailable too: [http] api_token_file is not set" in out.err
+    assert "`gateway db upgrade -c FILE`" in out.err
