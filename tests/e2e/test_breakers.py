@@ -1,0 +1,119 @@
+"""Reputation circuit breakers over real sockets: a bought list is stopped after the first
+few hundred answers, its mail is held (not lost), another campaign keeps flowing, and
+`gateway campaign resume` releases the held copies."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.records import DeliveryState
+from gateway.sandbox.sink import ReplyScript
+from gateway.storage import campaign_store, queue_store
+from gateway.storage.tables import deliveries, events, messages
+from tests.e2e.conftest import Running, StartGateway
+from tests.e2e.test_consent import message, send
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPIENTS = 1000
+DEAD_EVERY = 5  # 20% dead, spread evenly through the list
+RATE = "50/s"  # the sink answers in microseconds; a real provider's pace makes the bound meaningful
+
+
+def _address(n: int) -> str:
+    return f"{'dead' if n % DEAD_EVERY == 0 else 'ok'}{n:04d}@example.net"
+
+
+async def _attempted(running: Running, campaign: str) -> int:
+    """Copies of ``campaign`` that got at least one attempt (an answer from the sink)."""
+    query = (select(func.count())
+             .select_from(deliveries.join(messages, messages.c.queue_id == deliveries.c.queue_id))
+             .where(messages.c.campaign == campaign, deliveries.c.attempts > 0))
+
+    async def count(conn: AsyncConnection) -> int:
+        return int((await conn.execute(query)).scalar_one())
+
+    return await running.gateway.db.read(count)
+
+
+async def _wait(check: Callable[[], Awaitable[bool]], what: str, seconds: float = 30.0) -> None:
+    for _ in range(int(seconds * 20)):
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _metrics(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
+async def test_a_bought_list_is_paused_early_held_and_released_on_resume(
+        start_gateway: StartGateway, tmp_path: Path) -> None:
+    running = await start_gateway({"http": {"admin_listen": "127.0.0.1:0"}},
+                                  policy={"max_message_rate": RATE, "connection_limit": 4})
+    running.gateway.breakers.debounce = 0.1
+    everyone = [_address(n) for n in range(RECIPIENTS)]
+    clean = [f"fan{n:02d}@example.net" for n in range(40)]
+    await running.consent("news", *everyone, *clean)
+    running.sink.script = ReplyScript().on_rcpt(re.compile(r"^dead\d+@"), "550 5.1.1 user unknown")
+
+    for start in range(0, RECIPIENTS, 100):
+        await asyncio.to_thread(send, running.port, everyone[start:start + 100], message(campaign="bought"))
+
+    async def paused() -> bool:
+        state = await running.gateway.db.read(lambda c: campaign_store.campaign_state(c, "bought"))
+        return state is not None and state.paused
+    await _wait(paused, "the breaker to pause the campaign")
+    await asyncio.to_thread(send, running.port, clean, message(campaign="clean"))
+
+    async def clean_delivered() -> bool:
+        return sum(1 for m in running.sink.messages if m.rcpt_tos[0].startswith("fan")) == len(clean)
+    await _wait(clean_delivered, "the clean campaign to be delivered")
+
+    # Nothing of the bought list moved since the pause: every copy is answered or held.
+    state = await running.gateway.db.read(lambda c: campaign_store.campaign_state(c, "bought"))
+    assert state is not None and state.paused and state.changed_by == "breaker" and state.reason == "hard-bounce"
+    attempted = await _attempted(running, "bought")
+    # Trips at >= 100 answers with >= 10 hard bounces (about 100 here); then at most a debounce
+    # (0.1 s) plus an outcome batch and the copies in flight pass at 50/s: a few dozen more.
+    assert 100 <= attempted < 400, attempted
+    reached = sum(1 for m in running.sink.messages if not m.rcpt_tos[0].startswith("fan"))
+    assert reached < 400
+    assert state.held == RECIPIENTS - attempted
+    assert re.fullmatch(r"hard bounces \d+ of \d+ sent \(\d+(\.\d)?%\) (at default|across all providers) "
+                        r"over the last 24h, limit 5%", state.detail or ""), state.detail
+    counts = await running.gateway.db.read(queue_store.count_pending)
+    assert counts.get(DeliveryState.HELD.value) == state.held
+
+    [event] = (await running.gateway.db.read(
+        lambda c: c.execute(select(events).where(events.c.kind == "paused")))).all()
+    assert (event.campaign, event.recipient, event.reply) == ("bought", None, state.detail)
+    admin = running.gateway.admin
+    assert admin is not None and admin.port is not None
+    scraped = await asyncio.to_thread(_metrics, admin.port)
+    assert "gateway_campaigns_paused 1.0" in scraped
+    assert re.search(r'gateway_breaker_trips_total\{provider="(default|all)",reason="hard-bounce",'
+                     r'stream="marketing"\} [1-9]', scraped), scraped
+
+    config = tmp_path / "cli.toml"
+    config.write_text(f'[storage]\nurl = "{running.gateway.settings.storage.url}"\n[policy]\ndir = "{ROOT / "policies"}"\n')
+    resumed = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "gateway", "campaign", "resume", "bought",
+                                                       "-c", str(config)],
+                                      capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.startswith(f"campaign bought resumed: {state.held} held copies released")
+    running.gateway.scheduler.wake()
+
+    async def sending_again() -> bool:
+        return await _attempted(running, "bought") > attempted
+    await _wait(sending_again, "released copies to be sent")
