@@ -47,7 +47,7 @@ from gateway.sandbox.dnsserver import LoopbackDnsServer
 from gateway.sandbox.sink import InboxWriter, ReceivedMessage, ReplyScript, SinkServer
 from gateway.signing import keys
 from gateway.smtp.passwords import hash_password
-from gateway.storage import consent_store, queue_store
+from gateway.storage import campaign_store, consent_store, queue_store
 from gateway.storage.migrate import upgrade
 
 MARKER = ".gateway-demo"
@@ -60,7 +60,7 @@ SENDERS = 4  # concurrent SMTP sessions of the "mailing tool"
 SENDING_DOMAIN = "example.com"
 BOUNCE_DOMAIN = "bounces.example.com"
 SELECTOR = "s1"
-NEWSLETTER = "newsletter"  # the mailing tool's account: marketing only, list "news" pinned
+NEWSLETTER = "newsletter"  # the mailing tool's account: marketing only
 SHOP = "shop"  # the web shop's account: transactional only
 DNS_HOST = "127.0.0.53"
 LOCAL = "127.0.0.1"
@@ -122,6 +122,21 @@ def contacts() -> list[Contact]:
     for row in range(max(len(share) for share in shares)):
         ordered.extend(share[row] for share in shares if row < len(share))
     return ordered
+
+
+BOUGHT = 200
+BOUGHT_DEAD_EVERY = 5  # a bought list: one address in five no longer exists
+BOUGHT_PACE = 25.0  # messages/s the mailing tool submits it at (as a real send is spread out)
+
+
+def bought_list() -> list[str]:
+    """Addresses an operator bought (a typical list-upload mistake), spread over the ISPs."""
+    return [f"lead.{n + 1}@{ISPS[n % len(ISPS)].domain}" for n in range(BOUGHT)]
+
+
+def dead_leads() -> list[str]:
+    every = BOUGHT_DEAD_EVERY  # the dead ones spread over the ISPs, not all at one
+    return [a for n, a in enumerate(bought_list()) if n % every == (n // every) % every]
 
 
 def unknown_users() -> list[str]:
@@ -264,7 +279,6 @@ username = "{NEWSLETTER}"
 password_hash = "{hash_password(password)}"
 allowed_from_domains = ["{SENDING_DOMAIN}"]
 streams = ["marketing"]
-default_list = "news"
 
 [[smtp.accounts]]                               # the web shop's receipts; same password
 username = "{SHOP}"
@@ -364,7 +378,7 @@ def scripts() -> dict[str, ReplyScript]:
              "default": "550 5.1.1 <{rcpt}>: Recipient address rejected: User unknown in virtual "
                         "mailbox table"}
     by_domain = {isp.domain: isp.provider for isp in ISPS}
-    for address in unknown_users():
+    for address in [*unknown_users(), *dead_leads()]:
         provider = by_domain[address.split("@")[1]]
         scripted[provider].on_rcpt(address, texts[provider].format(rcpt=address))
     scripted["microsoft"].on_rcpt(MAILBOX_FULL,
@@ -421,7 +435,12 @@ class World:
     sinks: dict[str, SinkServer]
     webhooks: WebhookReceiver
     say: Callable[[str], None]
+    breakers: bool = False  # this checkout has `gateway campaign` (reputation circuit breakers)
     found: dict[str, str] = field(default_factory=dict)  # what the where-to-look block names
+
+    @property
+    def steps(self) -> int:
+        return 7 if self.breakers else 6
 
     def delivered_to(self, address: str) -> ReceivedMessage | None:
         sink = self.sinks[next(isp.provider for isp in ISPS if address.endswith("@" + isp.domain))]
@@ -433,10 +452,10 @@ class World:
         return [record for _, record in found]
 
 
-def campaign_message(to: str, campaign: str, subject: str) -> bytes:
+def campaign_message(to: str, campaign: str, subject: str, list_key: str = "news") -> bytes:
     name = to.split(".")[0].title()
     return (f"From: Example Shop <news@{SENDING_DOMAIN}>\r\nTo: {to}\r\nSubject: {subject}\r\n"
-            f"X-Gateway-Stream: marketing\r\nX-Gateway-List: news\r\nX-Gateway-Campaign: {campaign}\r\n"
+            f"X-Gateway-Stream: marketing\r\nX-Gateway-List: {list_key}\r\nX-Gateway-Campaign: {campaign}\r\n"
             f"Content-Type: text/plain; charset=utf-8\r\n\r\nHello {name},\r\n\r\n"
             "Everything in the spring collection is 20% off this week.\r\n").encode()
 
@@ -460,8 +479,9 @@ async def submission(world: World, account: str) -> AsyncIterator[aiosmtplib.SMT
 
 
 async def send_each(world: World, account: str, messages: Sequence[tuple[str, bytes]],
-                    sender: str) -> dict[str, str]:
-    """One message per recipient over a few sessions, like a mailing tool; reply per recipient."""
+                    sender: str, rate: float | None = None) -> dict[str, str]:
+    """One message per recipient over a few sessions, like a mailing tool; reply per recipient.
+    ``rate`` (messages/s over all sessions) spreads the send out; None sends as fast as it can."""
     replies: dict[str, str] = {}
 
     async def session(share: Sequence[tuple[str, bytes]]) -> None:
@@ -474,6 +494,8 @@ async def send_each(world: World, account: str, messages: Sequence[tuple[str, by
                     replies[rcpt] = " ".join(f"{e.code} {e.message}" for e in exc.recipients)
                 except aiosmtplib.SMTPResponseException as exc:
                     replies[rcpt] = f"{exc.code} {exc.message}"
+                if rate is not None:
+                    await asyncio.sleep(SENDERS / rate)
 
     await asyncio.gather(*(session(messages[n::SENDERS]) for n in range(SENDERS)))
     return replies
@@ -565,7 +587,7 @@ async def play(world: World) -> None:
     say = world.say
     people = contacts()
     bounced = set(unknown_users())
-    say(f"\n[1/6] Campaign 'spring-sale': {len(people)} messages to list 'news', one per person, "
+    say(f"\n[1/{world.steps}] Campaign 'spring-sale': {len(people)} messages to list 'news', one per person, "
         f"from account '{NEWSLETTER}' over SMTP (127.0.0.1:{world.ports.submission}).")
     with contextlib.suppress(aiosmtplib.SMTPAuthenticationError):
         client = aiosmtplib.SMTP(hostname=LOCAL, port=world.ports.submission, start_tls=False, timeout=10)
@@ -579,8 +601,8 @@ async def play(world: World) -> None:
     say(f"      accepted {accepted} of {len(people)} in {time.monotonic() - started:.1f} s "
         "(250 only after each message is on disk)")
 
-    say(f"\n[2/6] Delivering from {len(POOL)} marketing IPs ({', '.join(POOL)}; {POOL[-1]} is on warm-up "
-        f"day 1), per-provider limits from {world.files.root}/policies/providers.toml:")
+    say(f"\n[2/{world.steps}] Delivering from {len(POOL)} marketing IPs ({', '.join(POOL)}; {POOL[-1]} "
+        f"is on warm-up day 1), per-provider limits from {world.files.root}/policies/providers.toml:")
     for isp in ISPS:
         extra = {"gmail": "; throttles to its rate, and its first 421 4.7.28 suspends one IP for an hour",
                  "microsoft": f"; {MAILBOX_FULL} has a full mailbox (552 5.2.2, soft)"}.get(isp.provider, "")
@@ -589,7 +611,7 @@ async def play(world: World) -> None:
     expected = len(people) - len(bounced) - 2  # the mailbox-full one and Gmail's first deferral
     await settle(world, expected)
 
-    say("\n[3/6] The ISPs report back after delivery:")
+    say(f"\n[3/{world.steps}] The ISPs report back after delivery:")
     gmail = next(c.address for c in people if c.isp.provider == "gmail" and world.delivered_to(c.address))
     late = world.delivered_to(gmail)
     assert late is not None
@@ -616,7 +638,7 @@ async def play(world: World) -> None:
     await wait_for_suppression(world, leaver, "unsubscribe")
     say(f"      {leaver} clicks unsubscribe in their mail client: POST {url[:45]}... -> {answer.status_code}")
 
-    say(f"\n[4/6] Order confirmations from account '{SHOP}' (transactional stream, own IP "
+    say(f"\n[4/{world.steps}] Order confirmations from account '{SHOP}' (transactional stream, own IP "
         f"{TRANSACTIONAL_IP}, no unsubscribe link):")
     buyers = [leaver, *(c.address for c in people[15:19] if c.address != MAILBOX_FULL)]
     before = sum(sink.messages_total for sink in world.sinks.values())
@@ -629,7 +651,7 @@ async def play(world: World) -> None:
         if not reply.startswith("250"):
             say(f"      {buyer}: {reply}")
 
-    say("\n[5/6] Campaign 'spring-sale-last-call' to people the gateway now knows better:")
+    say(f"\n[5/{world.steps}] Campaign 'spring-sale-last-call' to people the gateway now knows better:")
     hard = sorted(bounced)[0]
     monthly = next(c.address for c in people if c.frequency and world.delivered_to(c.address))
     again = [hard, gmail, complainer, leaver, MAILBOX_FULL, monthly, people[20].address]
@@ -642,6 +664,8 @@ async def play(world: World) -> None:
     sent = sum(sink.messages_total for sink in world.sinks.values())
     await settle(world, sent + sum(r.startswith("250") and a not in notes for a, r in replies.items()))
     world.found.update(hard=hard, dsn=gmail, complainer=complainer, leaver=leaver)
+    if world.breakers:
+        await bought_list_campaign(world)
     keeper = next(c.address for c in people if c.isp.provider == "default" and c.address != leaver
                   and world.delivered_to(c.address))
     kept = world.delivered_to(keeper)
@@ -650,12 +674,39 @@ async def play(world: World) -> None:
     world.found["keeper"] = keeper
 
 
+async def bought_list_campaign(world: World) -> None:
+    """The circuit breaker's case: a purchased list, one address in five dead (docs/reputation.md)."""
+    world.say(f"\n[6/{world.steps}] Campaign 'offers-blast' to list 'offers', imported from a bought list "
+              f"of {BOUGHT} addresses ({100 // BOUGHT_DEAD_EVERY}% of them dead):")
+    before = sum(sink.messages_total for sink in world.sinks.values())
+    blast = [(a, campaign_message(a, "offers-blast", "Offers you did not ask for", "offers"))
+             for a in bought_list()]
+    replies = await send_each(world, NEWSLETTER, blast, f"news@{SENDING_DOMAIN}", BOUGHT_PACE)
+    world.say(f"      accepted {sum(r.startswith('250') for r in replies.values())} of {BOUGHT}")
+    state = None
+    for _ in range(300):
+        state = await world.gateway.db.read(lambda c: campaign_store.campaign_state(c, "offers-blast"))
+        if state is not None and state.paused:
+            break
+        await asyncio.sleep(0.1)
+    await settle(world, before)
+    sent = sum(sink.messages_total for sink in world.sinks.values()) - before
+    if state is None or not state.paused:
+        world.say(f"      not paused: {sent} delivered (see `gateway campaign show offers-blast`)")
+        return
+    world.say(f"      the hard-bounce breaker paused it: {state.detail}")
+    world.say(f"      {sent} copies were delivered before that; the rest wait in the queue as 'held', "
+              "not lost:")
+    await asyncio.to_thread(_cli, ["campaign", "list", "-c", str(world.files.config)], world.say)
+    world.found["paused"] = "offers-blast"
+
+
 def where_to_look(world: World, cwd: Path, status_verb: bool) -> str:
     config = _shown(world.files.config, cwd)
     root = _shown(world.files.root, cwd)
     ports = world.ports
     lines = [
-        "\n[6/6] Where to look (the gateway keeps running; Ctrl-C stops it):",
+        f"\n[{world.steps}/{world.steps}] Where to look (the gateway keeps running; Ctrl-C stops it):",
         f"  Metrics:      http://{LOCAL}:{ports.admin}/metrics   (Prometheus text)",
         "  Dashboard:    docs/grafana/gateway.json   (Grafana: import it, point it at a Prometheus "
         f"scraping {LOCAL}:{ports.admin})",
@@ -666,6 +717,9 @@ def where_to_look(world: World, cwd: Path, status_verb: bool) -> str:
     ]
     if status_verb:
         lines.append(f"  Status:       gateway status -c {config}")
+    if "paused" in world.found:
+        lines.append(f"  Campaigns:    gateway campaign list -c {config}   (gateway campaign resume "
+                     f"{world.found['paused']} -c ... would send the held copies)")
     lines += [
         f"  Preferences:  {world.found['preferences']}   ({world.found['keeper']}'s preference centre)",
         f"  Fake ISPs:    {root}/inbox/PROVIDER/N.eml   (what each ISP accepted, as sent: DKIM, "
@@ -706,25 +760,28 @@ def _cli(argv: list[str], say: Callable[[str], None]) -> None:
         raise RuntimeError(f"demo: `gateway {' '.join(argv)}` failed")
 
 
-def write_contacts(root: Path) -> Path:
+def write_contacts(root: Path) -> tuple[Path, Path]:
     path = root / "contacts.csv"
     rows = ["email,proof,ip,frequency"]
     rows += [f"{c.address},signup form on shop.example 2026-10-{1 + n % 28:02d},192.0.2.{1 + n % 250},"
              f"{c.frequency}" for n, c in enumerate(contacts())]
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    return path
+    bought = root / "bought-list.csv"
+    bought.write_text("\n".join(["email", *bought_list()]) + "\n", encoding="utf-8")
+    return path, bought
 
 
 async def import_contacts(files: Files, say: Callable[[str], None]) -> None:
     """With the CLI an operator would use (in a thread: each verb runs its own event loop)."""
     config = ["-c", str(files.config)]
-    csv_path = write_contacts(files.root)
+    csv_path, bought = write_contacts(files.root)
     commands = [
         ["lists", "add", "news", "--name", "Weekly news", "--name", "de=Wöchentliche Neuigkeiten",
          "--description", "New arrivals and sales, every Tuesday", "--cap", "monthly=30", *config],
         ["lists", "add", "offers", "--name", "Special offers", "--name", "de=Sonderangebote", *config],
         ["contacts", "import", str(csv_path), "--list", "news", "--proof-column", "proof",
          "--ip-column", "ip", "--frequency-column", "frequency", *config],
+        ["contacts", "import", str(bought), "--list", "offers", "--consent-source", "purchased", *config],
     ]
     for argv in commands:
         await asyncio.to_thread(_cli, argv, say)
@@ -750,7 +807,7 @@ async def started_world(files: Files, ports: Ports, say: Callable[[str], None]) 
         gateway = Gateway(settings, load_policy(settings.policy.dir))
         stack.push_async_callback(gateway.stop)
         await gateway.start()
-        yield World(files, ports, gateway, sinks, webhooks, say)
+        yield World(files, ports, gateway, sinks, webhooks, say, breakers=_has_verb("campaign"))
 
 
 async def run(root: Path, *, exit_after: float | None, log_level: str, out: TextIO = sys.stdout,
