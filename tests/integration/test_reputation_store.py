@@ -3,6 +3,7 @@ breaker guard that judges them (gateway/feedback/reputation.py)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -195,3 +196,42 @@ async def test_manual_pause_keeps_the_first_reason(db: Database) -> None:
     assert await pause(db, "spring", note="again", by="cli", now=T0) is None
     state = await db.read(lambda c: campaign_store.campaign_state(c, "spring"))
     assert state is not None and state.reason == "manual" and state.detail == "checking the list"
+
+
+async def test_complaints_arriving_later_pause_at_the_periodic_evaluation(db: Database) -> None:
+    outcomes = await _claimed(db, _message(1, "spring", 40))
+    await _record(db, outcomes)
+    rep = Reputation.model_validate({"complaint": {"warn": "2%", "pause": "5%", "min_sent": 20, "min_events": 2}})
+    now = [T0 + timedelta(hours=3)]
+    guard = ReputationGuard(db, lambda: rep, clock=lambda: now[0])
+    assert await guard.evaluate(None) == []
+    for outcome in outcomes[:3]:  # three trusted complaints, hours after the send: 3 of 40 = 7.5%
+        fact = ComplaintFact(now[0], outcome.recipient, "list", "arf", delivery_id=outcome.delivery_id,
+                             queue_id=outcome.queue_id, list_key="news", campaign="spring",
+                             provider=outcome.provider)
+        await db.write(partial(feedback_store.apply_complaint, fact=fact))
+    found = await guard.evaluate(None)
+    assert [d.kind for d in found if d.action == "pause"][:1] == ["complaint"]
+    state = await db.read(lambda c: campaign_store.campaign_state(c, "spring"))
+    assert state is not None and state.paused and state.reason == "complaint"
+    # Two of them at yahoo (2 of its 20, 10%) is the worst key; the whole campaign is at 7.5%.
+    assert state.detail == "complaints 2 of 20 sent (10%) at yahoo over the last 24h, limit 5%"
+    # Outside the window the same counts say nothing any more.
+    now[0] = T0 + timedelta(days=2)
+    assert await guard.evaluate(None) == []
+
+
+async def test_campaign_events_reach_webhooks_with_the_campaign_and_figures(db: Database) -> None:
+    await reputation_store_event(db)
+    await db.write(lambda c: feedback_store.ensure_cursor(c, "crm", from_start=True))
+    settle = await db.read(feedback_store.newest_event_id)
+    await db.write(lambda c: feedback_store.feed_outbox(c, "crm", {"paused"}, T0, settle=settle))
+    [item] = await db.read(lambda c: feedback_store.due_items(c, "crm", T0 + timedelta(minutes=1)))
+    payload = json.loads(item.payload)
+    assert payload["event"] == "paused" and payload["campaign"] == "spring"
+    assert payload["recipient"] is None and payload["reply"] == "hard bounces 12 of 100 sent (12%)"
+
+
+async def reputation_store_event(db: Database) -> None:
+    await db.write(lambda c: reputation_store.add_campaign_events(
+        c, [(T0, "paused", "spring", "hard bounces 12 of 100 sent (12%)")]))
