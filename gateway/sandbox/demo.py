@@ -666,6 +666,8 @@ async def play(world: World) -> None:
     world.found.update(hard=hard, dsn=gmail, complainer=complainer, leaver=leaver)
     if world.breakers:
         await bought_list_campaign(world)
+        # The rolling-rate gauges are refreshed once a minute; a newcomer opens /metrics now.
+        await world.gateway.breakers.refresh()
     keeper = next(c.address for c in people if c.isp.provider == "default" and c.address != leaver
                   and world.delivered_to(c.address))
     kept = world.delivered_to(keeper)
