@@ -357,13 +357,16 @@ def zone(files: Files, ports: Ports) -> dict[tuple[str, str], list[str]]:
         records[(isp.mx_host, "A")] = [isp.ip]
     ips = [*POOL, TRANSACTIONAL_IP]
     records[(f"{SELECTOR}._domainkey.{SENDING_DOMAIN}", "TXT")] = [files.dkim_txt]
-    records[(SENDING_DOMAIN, "TXT")] = ["v=spf1 " + " ".join(f"ip4:{ip}" for ip in ips) + " -all"]
+    spf = "v=spf1 " + " ".join(f"ip4:{ip}" for ip in ips) + " -all"
+    records[(SENDING_DOMAIN, "TXT")] = [spf]
+    records[(BOUNCE_DOMAIN, "TXT")] = [spf]  # the envelope (VERP) domain is what receivers check
     records[(f"_dmarc.{SENDING_DOMAIN}", "TXT")] = [f"v=DMARC1; p=none; rua=mailto:dmarc@{SENDING_DOMAIN}"]
     records[(BOUNCE_DOMAIN, "MX")] = [f"10 gw.{SENDING_DOMAIN}."]
     records[(f"gw.{SENDING_DOMAIN}", "A")] = [LOCAL]
     for n, ip in enumerate(ips, start=1):
         helo = f"mta{n}.{SENDING_DOMAIN}"
         records[(helo, "A")] = [ip]
+        records[(helo, "TXT")] = [f"v=spf1 ip4:{ip} -all"]  # null-sender mail is checked by HELO
         records[(".".join(reversed(ip.split("."))) + ".in-addr.arpa", "PTR")] = [f"{helo}."]
     return records
 
