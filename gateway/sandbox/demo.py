@@ -42,7 +42,7 @@ from gateway import logs
 from gateway.config.loader import load_settings
 from gateway.config.policy import load_policy
 from gateway.ingest.addresses import address_hash
-from gateway.runtime import Gateway
+from gateway.runtime import Gateway, remove_pid_file, write_pid_file
 from gateway.sandbox.dnsserver import LoopbackDnsServer
 from gateway.sandbox.sink import InboxWriter, ReceivedMessage, ReplyScript, SinkServer
 from gateway.signing import keys
@@ -812,6 +812,12 @@ async def started_world(files: Files, ports: Ports, say: Callable[[str], None]) 
         gateway = Gateway(settings, load_policy(settings.policy.dir))
         stack.push_async_callback(gateway.stop)
         await gateway.start()
+        # `gateway reload -c var/demo/gateway.toml` works as with `gateway serve`.
+        pid_file = write_pid_file(settings.process.pid_file)
+        stack.callback(remove_pid_file, pid_file)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, lambda: gateway.reload_policy(settings.policy.dir))
+        stack.callback(loop.remove_signal_handler, signal.SIGHUP)
         yield World(files, ports, gateway, sinks, webhooks, say, breakers=_has_verb("campaign"))
 
 
