@@ -22,6 +22,7 @@ import email.parser
 import email.policy
 import json
 import logging
+import os
 import re
 import secrets
 import shutil
@@ -163,11 +164,25 @@ def speed_up_rates(text: str, factor: int) -> str:
 # -- set-up: directory, ports, files ----------------------------------------------------------
 
 
+def _running_pid(pid_file: Path) -> int | None:
+    """The pid of a demo still running from ``pid_file``, if any (its files must stay)."""
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
 def prepare_dir(root: Path, say: Callable[[str], None]) -> None:
     if root.exists():
         if not (root / MARKER).exists() and any(root.iterdir()):
             raise RuntimeError(f"{root} exists and was not made by `gateway demo`: "
                                "remove it or pass another --dir")
+        running = _running_pid(root / "gateway.pid")
+        if running is not None:
+            raise RuntimeError(f"a demo is still running in {root} (process {running}): stop it "
+                               "first, or pass another --dir")
         say(f"Removing {root}/ from the previous demo run: every run starts fresh.")
         shutil.rmtree(root)
     root.mkdir(parents=True)
@@ -605,7 +620,8 @@ async def play(world: World) -> None:
         "(250 only after each message is on disk)")
 
     say(f"\n[2/{world.steps}] Delivering from {len(POOL)} marketing IPs ({', '.join(POOL)}; {POOL[-1]} "
-        f"is on warm-up day 1), per-provider limits from {world.files.root}/policies/providers.toml:")
+        f"is on warm-up day 1), per-provider limits from {_shown(world.files.root, Path.cwd())}"
+        "/policies/providers.toml:")
     for isp in ISPS:
         extra = {"gmail": "; throttles to its rate, and its first 421 4.7.28 suspends one IP for an hour",
                  "microsoft": f"; {MAILBOX_FULL} has a full mailbox (552 5.2.2, soft)"}.get(isp.provider, "")
