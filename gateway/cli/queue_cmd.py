@@ -90,10 +90,11 @@ def _with_db(url: str, op: Callable[[AsyncConnection], Awaitable[T]], *, write: 
             if not write:
                 async with engine.connect() as conn:
                     return await op(conn)
-            async with engine.begin() as conn:
-                result = await op(conn)
-            tally.settle(conn)  # counted in this process only: see docs/operations.md, Metrics
-            return result
+            async with engine.connect() as conn:
+                async with conn.begin():
+                    result = await op(conn)
+                tally.settle(conn)  # counted in this process only: see docs/operations.md, Metrics
+                return result
         finally:
             await engine.dispose()
     return asyncio.run(go())
