@@ -15,7 +15,6 @@ Everything is written under one directory (``var/demo/``), which a new run wipes
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import email.parser
@@ -56,6 +55,7 @@ MARKER = ".gateway-demo"
 RATE_SPEEDUP = 6
 """Provider message rates run this many times faster than shipped, so a run takes seconds."""
 SETTLE_TIMEOUT = 60.0
+STEPS = 7
 SENDERS = 4  # concurrent SMTP sessions of the "mailing tool"
 
 SENDING_DOMAIN = "example.com"
@@ -453,12 +453,7 @@ class World:
     sinks: dict[str, SinkServer]
     webhooks: WebhookReceiver
     say: Callable[[str], None]
-    breakers: bool = False  # this checkout has `gateway campaign` (reputation circuit breakers)
     found: dict[str, str] = field(default_factory=dict)  # what the where-to-look block names
-
-    @property
-    def steps(self) -> int:
-        return 7 if self.breakers else 6
 
     def delivered_to(self, address: str) -> ReceivedMessage | None:
         sink = self.sinks[next(isp.provider for isp in ISPS if address.endswith("@" + isp.domain))]
@@ -605,7 +600,7 @@ async def play(world: World) -> None:
     say = world.say
     people = contacts()
     bounced = set(unknown_users())
-    say(f"\n[1/{world.steps}] Campaign 'spring-sale': {len(people)} messages to list 'news', one per person, "
+    say(f"\n[1/{STEPS}] Campaign 'spring-sale': {len(people)} messages to list 'news', one per person, "
         f"from account '{NEWSLETTER}' over SMTP (127.0.0.1:{world.ports.submission}).")
     with contextlib.suppress(aiosmtplib.SMTPAuthenticationError):
         client = aiosmtplib.SMTP(hostname=LOCAL, port=world.ports.submission, start_tls=False, timeout=10)
@@ -619,7 +614,7 @@ async def play(world: World) -> None:
     say(f"      accepted {accepted} of {len(people)} in {time.monotonic() - started:.1f} s "
         "(250 only after each message is on disk)")
 
-    say(f"\n[2/{world.steps}] Delivering from {len(POOL)} marketing IPs ({', '.join(POOL)}; {POOL[-1]} "
+    say(f"\n[2/{STEPS}] Delivering from {len(POOL)} marketing IPs ({', '.join(POOL)}; {POOL[-1]} "
         f"is on warm-up day 1), per-provider limits from {_shown(world.files.root, Path.cwd())}"
         "/policies/providers.toml:")
     for isp in ISPS:
@@ -630,7 +625,7 @@ async def play(world: World) -> None:
     expected = len(people) - len(bounced) - 2  # the mailbox-full one and Gmail's first deferral
     await settle(world, expected)
 
-    say(f"\n[3/{world.steps}] The ISPs report back after delivery:")
+    say(f"\n[3/{STEPS}] The ISPs report back after delivery:")
     gmail = next(c.address for c in people if c.isp.provider == "gmail" and world.delivered_to(c.address))
     late = world.delivered_to(gmail)
     assert late is not None
@@ -657,7 +652,7 @@ async def play(world: World) -> None:
     await wait_for_suppression(world, leaver, "unsubscribe")
     say(f"      {leaver} clicks unsubscribe in their mail client: POST {url[:45]}... -> {answer.status_code}")
 
-    say(f"\n[4/{world.steps}] Order confirmations from account '{SHOP}' (transactional stream, own IP "
+    say(f"\n[4/{STEPS}] Order confirmations from account '{SHOP}' (transactional stream, own IP "
         f"{TRANSACTIONAL_IP}, no unsubscribe link):")
     buyers = [leaver, *(c.address for c in people[15:19] if c.address != MAILBOX_FULL)]
     before = sum(sink.messages_total for sink in world.sinks.values())
@@ -670,7 +665,7 @@ async def play(world: World) -> None:
         if not reply.startswith("250"):
             say(f"      {buyer}: {reply}")
 
-    say(f"\n[5/{world.steps}] Campaign 'spring-sale-last-call' to people the gateway now knows better:")
+    say(f"\n[5/{STEPS}] Campaign 'spring-sale-last-call' to people the gateway now knows better:")
     hard = sorted(bounced)[0]
     monthly = next(c.address for c in people if c.frequency and world.delivered_to(c.address))
     again = [hard, gmail, complainer, leaver, MAILBOX_FULL, monthly, people[20].address]
@@ -683,10 +678,9 @@ async def play(world: World) -> None:
     sent = sum(sink.messages_total for sink in world.sinks.values())
     await settle(world, sent + sum(r.startswith("250") and a not in notes for a, r in replies.items()))
     world.found.update(hard=hard, dsn=gmail, complainer=complainer, leaver=leaver)
-    if world.breakers:
-        await bought_list_campaign(world)
-        # The rolling-rate gauges are refreshed once a minute; a newcomer opens /metrics now.
-        await world.gateway.breakers.refresh()
+    await bought_list_campaign(world)
+    # The rolling-rate gauges are refreshed once a minute; a newcomer opens /metrics now.
+    await world.gateway.breakers.refresh()
     keeper = next(c.address for c in people if c.isp.provider == "default" and c.address != leaver
                   and world.delivered_to(c.address))
     kept = world.delivered_to(keeper)
@@ -697,7 +691,7 @@ async def play(world: World) -> None:
 
 async def bought_list_campaign(world: World) -> None:
     """The circuit breaker's case: a purchased list, one address in five dead (docs/reputation.md)."""
-    world.say(f"\n[6/{world.steps}] Campaign 'offers-blast' to list 'offers', imported from a bought list "
+    world.say(f"\n[6/{STEPS}] Campaign 'offers-blast' to list 'offers', imported from a bought list "
               f"of {BOUGHT} addresses ({100 // BOUGHT_DEAD_EVERY}% of them dead):")
     before = sum(sink.messages_total for sink in world.sinks.values())
     blast = [(a, campaign_message(a, "offers-blast", "Offers you did not ask for", "offers"))
@@ -722,12 +716,12 @@ async def bought_list_campaign(world: World) -> None:
     world.found["paused"] = "offers-blast"
 
 
-def where_to_look(world: World, cwd: Path, status_verb: bool) -> str:
+def where_to_look(world: World, cwd: Path) -> str:
     config = _shown(world.files.config, cwd)
     root = _shown(world.files.root, cwd)
     ports = world.ports
     lines = [
-        f"\n[{world.steps}/{world.steps}] Where to look (the gateway keeps running; Ctrl-C stops it):",
+        f"\n[{STEPS}/{STEPS}] Where to look (the gateway keeps running; Ctrl-C stops it):",
         f"  Metrics:      http://{LOCAL}:{ports.admin}/metrics   (Prometheus text)",
         "  Dashboard:    docs/grafana/gateway.json   (Grafana: import it, point it at a Prometheus "
         f"scraping {LOCAL}:{ports.admin})",
@@ -736,8 +730,7 @@ def where_to_look(world: World, cwd: Path, status_verb: bool) -> str:
         f"{world.found['leaver']}: unsubscribed)",
         f"  Queue:        gateway queue list -c {config}",
     ]
-    if status_verb:
-        lines.append(f"  Status:       gateway status -c {config}")
+    lines.append(f"  Status:       gateway status -c {config}")
     if "paused" in world.found:
         lines.append(f"  Campaigns:    gateway campaign list -c {config}   (gateway campaign resume "
                      f"{world.found['paused']} -c ... would send the held copies)")
@@ -761,14 +754,6 @@ def _shown(path: Path, cwd: Path) -> str:
         return str(path.relative_to(cwd))
     except ValueError:
         return str(path)
-
-
-def _has_verb(name: str) -> bool:
-    """Whether this checkout's CLI has a verb (the printout names only verbs that exist)."""
-    from gateway.cli.main import build_parser
-
-    return any(isinstance(action, argparse._SubParsersAction) and name in action.choices
-               for action in build_parser()._actions)
 
 
 def _cli(argv: list[str], say: Callable[[str], None]) -> None:
@@ -834,7 +819,7 @@ async def started_world(files: Files, ports: Ports, say: Callable[[str], None]) 
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, lambda: gateway.reload_policy(settings.policy.dir))
         stack.callback(loop.remove_signal_handler, signal.SIGHUP)
-        yield World(files, ports, gateway, sinks, webhooks, say, breakers=_has_verb("campaign"))
+        yield World(files, ports, gateway, sinks, webhooks, say)
 
 
 async def run(root: Path, *, exit_after: float | None, log_level: str, out: TextIO = sys.stdout,
@@ -879,7 +864,7 @@ async def run(root: Path, *, exit_after: float | None, log_level: str, out: Text
                 return 0
             stopper.cancel()
             story.result()
-            say(where_to_look(world, Path.cwd(), _has_verb("status")))
+            say(where_to_look(world, Path.cwd()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), exit_after)
             say("\nStopping the demo ...")
