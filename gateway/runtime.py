@@ -35,7 +35,7 @@ from gateway.queue.scheduler import Scheduler
 from gateway.queue.spool import BodyCache, Spool
 from gateway.records import AttemptResult, ClaimedDelivery
 from gateway.rewrite.copies import CopyRules
-from gateway.shaping.pools import check_pool_bindings, pools_from
+from gateway.shaping.pools import check_pool_bindings, pool_names_by_ip, pools_from
 from gateway.shaping.router import Router
 from gateway.shaping.store import MemoryThrottleStore
 from gateway.signing.keyring import KeyRing
@@ -180,7 +180,7 @@ class Gateway:
                     role_local_parts=frozenset(name.lower() for name in self.settings.consent.role_accounts)))
                 include_operations(api, OperationsContext(
                     self.db, lambda now: live_status(self.db, self.router, self.node, now),
-                    wake=self.scheduler.wake))
+                    wake=self.scheduler.wake, pool_of=pool_names_by_ip(self.settings)))
             self.admin = embedded_server(admin_app(lambda: self.ready, api=api),
                                          self.settings.http.admin_listen)
             self._tasks.append(asyncio.create_task(self.admin.serve(), name="admin-http"))

@@ -12,12 +12,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.config.loader import load_settings
 from gateway.records import QUEUE_STATES, DeliveryState
+from gateway.shaping.pools import pool_names_by_ip
 from gateway.storage import queue_store, tally
 from gateway.storage.database import create_engine
 
 T = TypeVar("T")
 AddConfig = Callable[[argparse.ArgumentParser], None]
 
+# Actions that stop mail: without a filter they need --all, as `postsuper -d ALL` does.
+_NEED_ALL = frozenset({"hold", "purge"})
 # verb -> (help, states it applies to, what the count printed afterwards says)
 _ACTIONS = {
     "retry": ("make waiting deliveries due now", "queued, deferred", "made due now"),
@@ -36,7 +39,11 @@ def add_parsers(verbs: Any, add_config: AddConfig) -> None:
     listing.add_argument("--limit", type=int, default=50)
     _add_filters(listing, "queued, deferred, held")
     for name, (text, states, _) in _ACTIONS.items():
-        _add_filters(actions.add_parser(name, help=text), states)
+        action = actions.add_parser(name, help=text)
+        _add_filters(action, states)
+        if name in _NEED_ALL:
+            action.add_argument("--all", action="store_true",
+                                help="every delivery in the queue (needed when no other filter is given)")
     for action in actions.choices.values():
         add_config(action)
     show = actions.add_parser("show", help="one message and each of its deliveries, in any state")
@@ -63,8 +70,9 @@ def _add_filters(action: argparse.ArgumentParser, states: str) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     if args.verb == "trace":
-        return _print_trace(_with_db(settings.storage.url, lambda c: queue_store.trace(c, args.key)),
-                            args.key)
+        pools = pool_names_by_ip(settings)
+        return _print_trace(_with_db(settings.storage.url,
+                                     lambda c: queue_store.trace(c, args.key, pool_of=pools)), args.key)
     if args.queue_verb == "show":
         return _print_message(_with_db(settings.storage.url,
                                        lambda c: queue_store.show_message(c, args.queue_id)), args.queue_id)
@@ -75,6 +83,10 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--limit must be at least 1")
         return _print_list(_with_db(settings.storage.url, lambda c: queue_store.list_queue(
             c, **filters, limit=args.limit)))
+    narrowed = any(value is not None for name, value in filters.items() if name != "states")
+    if args.queue_verb in _NEED_ALL and not narrowed and not args.all:
+        raise ValueError(f"queue {args.queue_verb} needs --id, --domain, --provider or --campaign, "
+                         "or --all for the whole queue")
     change = {"retry": queue_store.retry_now, "hold": queue_store.hold, "release": queue_store.release,
               "purge": queue_store.purge}[args.queue_verb]
     now = datetime.now(UTC)

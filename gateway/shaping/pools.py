@@ -18,6 +18,15 @@ def pools_from(settings: Settings) -> dict[str, PoolSpec]:
     return pools or {"default": PoolSpec("default", (SourceIp(None, settings.smtp.hostname),))}
 
 
+def pool_names_by_ip(settings: Settings) -> dict[str, str]:
+    """Source IP -> the pool(s) it is in ("a, b" when several), to name pools in traces."""
+    names: dict[str, list[str]] = {}
+    for pool in settings.pools:
+        for ip in pool.ips:
+            names.setdefault(str(ip.address), []).append(pool.name)
+    return {ip: ", ".join(found) for ip, found in names.items()}
+
+
 def check_pool_bindings(policy: Policy, pools: Mapping[str, PoolSpec]) -> None:
     """A profile's ``pool`` must name a configured pool (policy files cannot see config.toml)."""
     problems = [f"policy: providers.{name}.pool: no pool named {profile.pool!r} in the settings "

@@ -8,7 +8,7 @@ the scheduler go through ``Database.write`` (group commit), the CLI through
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -540,8 +540,12 @@ class TraceRow:
     detail: str
 
 
-async def trace(conn: AsyncConnection, key: str, limit: int = 200) -> list[TraceRow]:
-    """Every recorded step for a queue id, a Message-ID header or a recipient address."""
+async def trace(conn: AsyncConnection, key: str, limit: int = 200, *,
+                pool_of: Mapping[str, str] | None = None) -> list[TraceRow]:
+    """Every recorded step for a queue id, a Message-ID header or a recipient address.
+
+    An attempt names the provider profile its delivery was routed to and, through
+    ``pool_of`` (source IP -> pool name, from the settings), the pool of its source IP."""
     key = key.strip()
     if "@" in key and "<" not in key:
         key = normalize_recipient(key) or key  # stored with the domain in lower-case A-labels
@@ -564,22 +568,40 @@ async def trace(conn: AsyncConnection, key: str, limit: int = 200) -> list[Trace
                                                      queue_ids, limit), key=lambda row: row.at)
     received = await conn.execute(
         select(messages.c.queue_id, messages.c.received_at, messages.c.mail_from,
-               messages.c.client_ip, messages.c.recipient_count, messages.c.header_message_id)
+               messages.c.client_ip, messages.c.recipient_count, messages.c.header_message_id,
+               messages.c.stream, messages.c.list_key, messages.c.campaign)
         .where(messages.c.queue_id.in_(queue_ids)))
-    out = [TraceRow(r.received_at, r.queue_id, None, "received",
-                    f"from <{r.mail_from}> client {r.client_ip}, {r.recipient_count} recipient(s), "
-                    f"Message-ID {r.header_message_id or '(none)'}") for r in received]
-    event_query = select(events).where(events.c.queue_id.in_(queue_ids))
+    out = [TraceRow(r.received_at, r.queue_id, None, "received", _received_detail(r)) for r in received]
+    event_query = (select(events, deliveries.c.provider)
+                   .outerjoin(deliveries, deliveries.c.id == events.c.delivery_id)
+                   .where(events.c.queue_id.in_(queue_ids)))
     if by_recipient is not None:
         event_query = event_query.where(events.c.recipient == key)
     for e in await conn.execute(event_query.order_by(events.c.id).limit(limit)):
-        where = f" via {e.remote}" if e.remote else ""
-        source = f" from {e.source_ip}" if e.source_ip else ""
-        out.append(TraceRow(e.at, e.queue_id, e.recipient, e.kind, f"{e.reply}{where}{source}"))
+        out.append(TraceRow(e.at, e.queue_id, e.recipient, e.kind, _event_detail(e, pool_of or {})))
     out.extend(refused)
     out.extend(await _feedback_rows(conn, key if by_recipient is not None else None, queue_ids, limit))
     out.sort(key=lambda row: (row.at, row.kind != "received"))
     return out
+
+
+def _received_detail(row: Any) -> str:
+    routing = f"stream {row.stream}" + "".join(
+        f", {name} {value}" for name, value in (("list", row.list_key), ("campaign", row.campaign)) if value)
+    return (f"from <{row.mail_from}> client {row.client_ip}, {row.recipient_count} recipient(s), "
+            f"{routing}, Message-ID {row.header_message_id or '(none)'}")
+
+
+def _event_detail(row: Any, pool_of: Mapping[str, str]) -> str:
+    """The reply, then where it came from: remote host, source IP (and its pool), provider."""
+    where = f" via {row.remote}" if row.remote else ""
+    source = ""
+    if row.source_ip:
+        pool = pool_of.get(row.source_ip)
+        source = f" from {row.source_ip}" + (f" (pool {pool})" if pool else "")
+    routed = row.provider and row.kind != DeliveryState.SUPPRESSED.value
+    provider = f", provider {row.provider}" if routed else ""
+    return f"{row.reply}{where}{source}{provider}"
 
 
 async def _feedback_rows(conn: AsyncConnection, recipient: str | None, queue_ids: set[str],

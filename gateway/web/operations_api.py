@@ -9,8 +9,8 @@ metrics show the change.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
@@ -39,6 +39,7 @@ class OperationsContext:
     status: Callable[[datetime], Awaitable[Status]]  # gateway.operations.status.live_status, bound
     wake: Callable[[], None] = lambda: None  # the scheduler: retried or released mail is due now
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    pool_of: Mapping[str, str] = field(default_factory=dict)  # source IP -> pool name(s), for traces
 
 
 def _campaign(value: str) -> str:
@@ -172,7 +173,7 @@ def _routes(ctx: OperationsContext) -> APIRouter:
     @routes.get("/trace/{key:path}", response_model=TraceOut, responses={**NOT_FOUND, **INVALID},
                 summary="every recorded step of a queue id, a Message-ID or an address (`gateway trace`)")
     async def trace(key: TraceKey) -> TraceOut:
-        rows = await db.read(lambda conn: queue_store.trace(conn, key))
+        rows = await db.read(lambda conn: queue_store.trace(conn, key, pool_of=ctx.pool_of))
         if not rows:
             raise ApiError(404, f"nothing recorded for {key}")
         return TraceOut(key=key, steps=[TraceStep(at=r.at, queue_id=r.queue_id, recipient=r.recipient,

@@ -78,15 +78,21 @@ def test_queue_actions_with_filters(config: Path, tmp_path: Path) -> None:
 
     assert _queue(config, "purge", "--campaign", "spring", "--state", "held")[1] == "2 deliveries purged\n"
     assert _listed(config) == {("c@one.example", "queued"), ("d@two.example", "queued")}
+    assert _queue(config, "purge", "--all", "--state", "queued")[1] == "2 deliveries purged\n"
+    assert _listed(config) == set()
 
 
 @pytest.mark.parametrize(("args", "error"), [
     (("retry", "--state", "held"), "gateway: retry applies to deferred or queued deliveries, not held\n"),
-    (("hold", "--state", "held"), "gateway: hold applies to deferred or queued deliveries, not held\n"),
+    (("hold", "--all", "--state", "held"), "gateway: hold applies to deferred or queued deliveries, not held\n"),
     (("release", "--state", "queued"), "gateway: release applies to held deliveries, not queued\n"),
     (("list", "--state", "delivered"),
      "gateway: list applies to deferred, held or queued deliveries, not delivered\n"),
     (("list", "--limit", "0"), "gateway: --limit must be at least 1\n"),
+    (("purge",), "gateway: queue purge needs --id, --domain, --provider or --campaign, or --all for the "
+                 "whole queue\n"),
+    (("hold", "--state", "queued"), "gateway: queue hold needs --id, --domain, --provider or --campaign, "
+                                    "or --all for the whole queue\n"),
 ])
 def test_bad_filters_are_one_line_errors(config: Path, args: tuple[str, ...], error: str) -> None:
     code, out, err = _queue(config, *args)

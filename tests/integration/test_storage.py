@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -91,6 +92,23 @@ async def test_claims_are_leases_and_outcomes_are_fenced(db_url: str) -> None:
     trail = await db.read(lambda c: queue_store.trace(c, "a@one.example"))
     await db.close()
     assert [row.kind for row in trail] == ["received", DeliveryState.DELIVERED.value]
+
+
+async def test_trace_names_the_routing_of_a_message_and_of_each_attempt(db_url: str) -> None:
+    db = Database(db_url)
+    await db.start()
+    message = dataclasses.replace(_message(1, recipients=("a@one.example",)), stream="marketing",
+                                  list_key="news", campaign="spring")
+    await db.write(lambda c: queue_store.insert_messages(c, [message]))
+    [claim] = await db.write(lambda c: queue_store.claim_due(c, node="n", now=T0, lease_until=T0, limit=1))
+    sent = dataclasses.replace(outcome_for(claim, AttemptResult("delivered", "250 ok"), RetrySchedule(), T0),
+                               remote="mx.one.example", source_ip="127.0.0.10", provider="gmail")
+    await db.write(lambda c: queue_store.record_outcomes(c, "n", [sent]))
+    trail = await db.read(lambda c: queue_store.trace(c, message.queue_id, pool_of={"127.0.0.10": "bulk"}))
+    await db.close()
+    assert trail[0].detail == ("from <sender@example.com> client 127.0.0.1, 1 recipient(s), stream marketing, "
+                               "list news, campaign spring, Message-ID <1@example.com>")
+    assert trail[1].detail == "250 ok via mx.one.example from 127.0.0.10 (pool bulk), provider gmail"
 
 
 async def test_body_dropped_once_every_delivery_is_final(db_url: str) -> None:
