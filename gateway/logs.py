@@ -78,4 +78,16 @@ def configure(level: str, log_format: LogFormat, *, addresses: bool) -> None:
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
+    intake = logging.getLogger("mail.log")
+    intake.setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
+    if not any(isinstance(f, _LibraryDeprecations) for f in intake.filters):
+        intake.addFilter(_LibraryDeprecations())
+
+
+class _LibraryDeprecations(logging.Filter):
+    """aiosmtpd 1.4 logs a warning about its own deprecated ``Session.login_data`` on every
+    successful AUTH (it sets the attribute itself): one line per login that an operator can
+    do nothing about. Everything else from aiosmtpd passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "login_data is deprecated" not in record.getMessage()

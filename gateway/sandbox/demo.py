@@ -20,7 +20,6 @@ import contextlib
 import email.parser
 import email.policy
 import json
-import logging
 import os
 import re
 import secrets
@@ -828,8 +827,6 @@ async def run(root: Path, *, exit_after: float | None, log_level: str, out: Text
         print(text, file=out, flush=True)
 
     logs.configure(log_level, "text", addresses=True)
-    # aiosmtpd warns about its own deprecated Session.login_data on every AUTH; not news here.
-    logging.getLogger("mail.log").setLevel(max(logging.ERROR, logging.getLogger().level))
     say("Gateway demo: the gateway, fake ISPs (127.0.1.x) and their DNS (127.0.0.53) on this machine; "
         "nothing leaves it.")
     if not (repo_policies / "providers.toml").exists():

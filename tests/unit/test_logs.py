@@ -6,6 +6,9 @@ import json
 import logging
 import sys
 
+import pytest
+
+from gateway import logs
 from gateway.ingest.addresses import address_hash
 from gateway.logs import JsonFormatter, TextFormatter, redact_addresses
 
@@ -58,3 +61,21 @@ def test_exceptions_are_one_json_line() -> None:
     line = JsonFormatter(addresses=False).format(entry)
     assert "\n" not in line and "dave@" not in line
     assert "ValueError" in json.loads(line)["exception"]
+
+
+def test_aiosmtpd_deprecation_noise_is_dropped_and_its_other_warnings_kept(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        logs.configure("info", "json", addresses=False)
+        logs.configure("info", "json", addresses=False)  # twice: still one filter
+        intake = logging.getLogger("mail.log")
+        intake.warning("Session.login_data is deprecated and will be removed in version 2.0")
+        intake.warning("client sent a line too long")
+        lines = capsys.readouterr().out.splitlines()
+        assert [json.loads(line)["message"] for line in lines] == ["client sent a line too long"]
+        assert len(intake.filters) == 1
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
