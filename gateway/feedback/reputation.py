@@ -197,7 +197,9 @@ async def pause(db: Database, campaign: str, *, note: str, by: str, now: datetim
         await reputation_store.add_campaign_events(conn, [(now, "paused", campaign, f"{MANUAL}: {detail}")])
         return held
 
-    return await db.write(write)
+    held = await db.write(write)
+    await _count_paused(db)
+    return held
 
 
 async def resume(db: Database, campaign: str, *, by: str, now: datetime) -> int | None:
@@ -210,7 +212,14 @@ async def resume(db: Database, campaign: str, *, by: str, now: datetime) -> int 
                 conn, [(now, "resumed", campaign, f"resumed by {by}, {released} held copies released")])
         return released
 
-    return await db.write(write)
+    released = await db.write(write)
+    await _count_paused(db)
+    return released
+
+
+async def _count_paused(db: Database) -> None:
+    """The gauge follows an operator's change at once in the serving process (admin API)."""
+    metrics.CAMPAIGNS_PAUSED.set(await db.read(reputation_store.paused_count))
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from fastapi import APIRouter, FastAPI, Path, Query
 from pydantic import AfterValidator, Field, StrictBool, StrictStr, model_validator
 
 from gateway.config.units import KEY_RULE, is_key
+from gateway.feedback import reputation
 from gateway.operations.status import Status
 from gateway.records import PENDING_STATES, QUEUE_STATES, DeliveryState
 from gateway.storage import campaign_store, queue_store
@@ -211,18 +212,16 @@ def _routes(ctx: OperationsContext) -> APIRouter:
                  summary="pause a campaign: its waiting and new copies are held, not lost")
     async def pause(name: CampaignName, body: PauseIn | None = None) -> CampaignOut:
         detail = (body.detail if body is not None else "") or "paused by an operator (admin API)"
-        now = ctx.clock()
-        held = await db.write(lambda conn: campaign_store.pause_campaign(
-            conn, name, reason="manual", detail=detail, by="api", now=now))
-        log.warning("campaign %s paused through the admin API: %d deliveries held", name, held)
+        held = await reputation.pause(db, name, note=detail, by="api", now=ctx.clock())
+        if held is not None:
+            log.warning("campaign %s paused through the admin API: %d deliveries held", name, held)
         return await _campaign_now(ctx, name)
 
     @routes.post("/campaigns/{name}/resume", response_model=CampaignOut,
                  responses={**CONFLICT, **INVALID},
                  summary="resume a paused campaign: its held copies are due now, reputation counted afresh")
     async def resume(name: CampaignName) -> CampaignOut:
-        now = ctx.clock()
-        released = await db.write(lambda conn: campaign_store.resume_campaign(conn, name, by="api", now=now))
+        released = await reputation.resume(db, name, by="api", now=ctx.clock())
         if released is None:
             raise ApiError(409, f"campaign {name} is not paused")
         log.warning("campaign %s resumed through the admin API: %d deliveries released", name, released)

@@ -10,6 +10,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import httpx
 import pytest
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.config.policy import Policy
@@ -20,6 +21,7 @@ from gateway.shaping.router import PoolSpec, Router, SourceIp
 from gateway.shaping.store import MemoryThrottleStore
 from gateway.storage import campaign_store, queue_store, shaping_store, status_store
 from gateway.storage.database import Database
+from gateway.storage.tables import events
 from gateway.web.admin import admin_app
 from gateway.web.api import ApiContext, admin_api
 from gateway.web.operations_api import OperationsContext, include_operations
@@ -245,6 +247,8 @@ async def test_hold_release_and_campaigns(ops: Ops) -> None:
     assert (resumed.json()["paused"], resumed.json()["held"], resumed.json()["counted_since"]) == (
         False, 0, "2026-03-02T10:30:00Z")
     assert ops.woken == [1, 1]
+    assert await ops.db.read(_campaign_events) == [("paused", "manual: wrong list uploaded"),
+                                                   ("resumed", "resumed by api, 1 held copies released")]
     not_paused = await ops.post("/campaigns/spring/resume", {})
     assert (not_paused.status_code, not_paused.json()) == (409, {"error": "campaign spring is not paused"})
     assert (await ops.post("/campaigns/never-seen/resume", {})).status_code == 409
@@ -287,3 +291,10 @@ async def test_every_operations_route_needs_the_token(ops: Ops) -> None:
     still = (await ops.get(f"/queue/{queue_id}")).json()["deliveries"]
     assert [(d["state"], d["next_attempt_at"]) for d in still] == [("queued", "2026-03-02T09:30:00Z")]
     assert (await ops.get("/campaigns")).json() == {"campaigns": []}
+
+
+async def _campaign_events(conn: AsyncConnection) -> list[tuple[str, str]]:
+    """What webhooks and `gateway trace` see of a pause or resume made through the API."""
+    rows = await conn.execute(select(events.c.kind, events.c.reply).where(events.c.campaign == "spring")
+                              .order_by(events.c.id))
+    return [(row.kind, row.reply) for row in rows]
