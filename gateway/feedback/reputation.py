@@ -72,12 +72,13 @@ class ReputationGuard:
             self._wake.set()
 
     async def run(self) -> None:
+        """Until cancelled. A failed round is logged and the next one tries again (the notes
+        it took are judged at the next full pass); cancellation always ends the task."""
         last_full = -self.period
         previous: set[str] = set()
         loop = asyncio.get_running_loop()
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.0, last_full + self.period - loop.time()))
+            await self._idle(last_full + self.period - loop.time())
             try:
                 if self._wake.is_set():
                     await asyncio.sleep(self.debounce)
@@ -92,6 +93,16 @@ class ReputationGuard:
                     await self.refresh()
             except StorageError as exc:
                 log.error("reputation breakers: %s", exc)
+            except Exception:
+                log.exception("reputation breakers: unexpected error; trying again at the next round")
+
+    async def _idle(self, delay: float) -> None:
+        """Wait for a note, at most ``delay`` seconds. Not asyncio.wait_for: on Python 3.11 it
+        drops a cancellation that arrives just as the event is set, and the task then
+        outlives gateway.stop()."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.0, delay)):
+                await self._wake.wait()
 
     async def evaluate(self, campaigns: Collection[str] | None) -> list[Decision]:
         """Judge ``campaigns`` (every campaign with counts when None): pause and warn."""
