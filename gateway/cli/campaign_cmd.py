@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from gateway.config.loader import load_settings
 from gateway.config.policy import Reputation, load_policy
+from gateway.config.units import KEY_RULE, is_key
 from gateway.feedback import reputation
 from gateway.feedback.breakers import COMPLAINT, HARD_BOUNCE, Tally, duration_text, percent
 from gateway.feedback.reputation import CampaignFigures
@@ -69,6 +70,8 @@ def _name(value: str) -> str:
         raise ValueError("a campaign name is required (mail without X-Gateway-Campaign is never paused)")
     if len(name) > MAX_NAME:
         raise ValueError(f"campaign name longer than {MAX_NAME} characters")
+    if not is_key(name):  # as X-Gateway-Campaign takes it: no mail carries any other name
+        raise ValueError(f"not a campaign name {name!r}: {KEY_RULE}")
     return name
 
 

@@ -83,5 +83,11 @@ def test_bad_names_are_one_line_errors(tmp_path: Path) -> None:
     assert empty.returncode == 2 and empty.stderr.startswith("gateway: a campaign name is required")
     long = gateway("campaign", "pause", "x" * 65, "-c", config)
     assert long.returncode == 2 and long.stderr == "gateway: campaign name longer than 64 characters\n"
-    for result in (unknown, empty, long):
+    spaced = gateway("campaign", "pause", "spring sale", "-c", config)  # no mail can carry it
+    assert spaced.returncode == 2 and spaced.stderr == (
+        "gateway: not a campaign name 'spring sale': 1-64 letters, digits, '.', '_' or '-', "
+        "starting with a letter or digit\n")
+    control = gateway("campaign", "resume", "spring\x1b[2J", "-c", config)
+    assert control.returncode == 2 and control.stderr.count("\n") == 1 and "\x1b" not in control.stderr
+    for result in (unknown, empty, long, spaced, control):
         assert "Traceback" not in result.stderr
