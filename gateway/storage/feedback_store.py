@@ -17,6 +17,7 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.feedback.breakers import COMPLAINT, HARD_BOUNCE
 from gateway.feedback.softbounce import SoftBounceRule, SoftCount, add_soft_bounce, counts_toward_limit
 from gateway.feedback.verdicts import BounceClass, Severity, Verdict
 from gateway.ingest.addresses import address_hash
@@ -78,9 +79,9 @@ async def apply_bounces(conn: AsyncConnection, facts: Sequence[BounceFact],
             counted = False
         else:
             effect, counted = await _soft(conn, fact, rule)
-        await _record(conn, fact, "bounce", effect.action, counted)
         if fact.source == "dsn" and fact.verdict.is_hard:  # sync ones: queue_store.record_outcomes
-            await reputation_store.count_feedback(conn, fact.queue_id, fact.provider, fact.at, hard=1)
+            await reputation_store.count_feedback(conn, fact.delivery_id, HARD_BOUNCE)
+        await _record(conn, fact, "bounce", effect.action, counted)
         effects.append(effect)
     return effects
 
@@ -189,8 +190,8 @@ async def apply_complaint(conn: AsyncConnection, fact: ComplaintFact) -> str:
     verdict = Verdict(BounceClass.COMPLAINT, Severity.SOFT, f"arf:{fact.feedback_type}")
     bounce = BounceFact(fact.at, fact.recipient, verdict, "arf", fact.evidence, True, fact.delivery_id,
                         fact.queue_id, fact.list_key, fact.campaign, fact.provider, fact.inbound_id)
+    await reputation_store.count_feedback(conn, fact.delivery_id, COMPLAINT)
     await _record(conn, bounce, "complaint", f"suppressed {where} (complaint)", False)
-    await reputation_store.count_feedback(conn, fact.queue_id, fact.provider, fact.at, complaints=1)
     return scope_key
 
 

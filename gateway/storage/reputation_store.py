@@ -17,7 +17,8 @@ from typing import Any
 from sqlalchemy import and_, case, delete, func, insert, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.feedback.breakers import Key, Tally, bucket_of
+from gateway.feedback.breakers import HARD_BOUNCE, Key, Kind, Tally, bucket_of
+from gateway.feedback.verdicts import Severity
 from gateway.records import DeliveryState, Outcome
 from gateway.storage.database import upsert
 from gateway.storage.tables import (
@@ -25,6 +26,7 @@ from gateway.storage.tables import (
     campaign_states,
     deliveries,
     events,
+    feedback_records,
     messages,
     reputation_counts,
 )
@@ -68,17 +70,37 @@ async def count_outcomes(conn: AsyncConnection, outcomes: Sequence[Outcome]) -> 
             [*_KEY, "sent", "hard", "complaints"], rows)))
 
 
-async def count_feedback(conn: AsyncConnection, queue_id: str | None, provider: str, at: datetime, *,
-                         hard: int = 0, complaints: int = 0) -> None:
-    """Add an asynchronous hard bounce (DSN) or a trusted complaint about a copy of message
-    ``queue_id``; its copy was counted in the base when it was answered."""
-    if not queue_id:
+async def count_feedback(conn: AsyncConnection, delivery_id: int | None, kind: Kind) -> None:
+    """Add an asynchronous hard bounce (DSN) or a trusted complaint about copy ``delivery_id``,
+    in the bucket where that copy was counted in the base (the minute it was answered): the
+    rate is then that of the window's copies, a resume's restart leaves out reports about
+    copies sent before it (they would re-trip the campaign against a fresh base), and a
+    report about a copy older than the window is pruned unread.
+
+    Once per copy and kind: a second DSN, a repeated report or a DSN about a copy whose
+    synchronous hard bounce was counted adds nothing. Call it before the report goes into
+    ``feedback_records``, which is where earlier ones are found."""
+    if delivery_id is None:
         return
-    rows = (select(messages.c.campaign, messages.c.stream, literal(provider),
-                   literal(bucket_of(at), UTCDateTime()), literal(0), literal(hard), literal(complaints))
-            .where(messages.c.queue_id == queue_id))
-    await conn.execute(_add(conn, upsert(conn, _COUNTS).from_select(
-        [*_KEY, "sent", "hard", "complaints"], rows)))
+    copy = (await conn.execute(
+        select(messages.c.campaign, messages.c.stream, deliveries.c.provider, deliveries.c.updated_at)
+        .select_from(deliveries.join(messages, messages.c.queue_id == deliveries.c.queue_id))
+        .where(deliveries.c.id == delivery_id))).first()
+    if copy is None or await _told_before(conn, delivery_id, kind):
+        return
+    hard = int(kind == HARD_BOUNCE)
+    await conn.execute(_add(conn, upsert(conn, _COUNTS).values(
+        campaign=copy.campaign, stream=copy.stream, provider=copy.provider, bucket=bucket_of(copy.updated_at),
+        sent=0, hard=hard, complaints=1 - hard)))
+
+
+async def _told_before(conn: AsyncConnection, delivery_id: int, kind: Kind) -> bool:
+    records = feedback_records
+    same = (records.c.severity == Severity.HARD.value) if kind == HARD_BOUNCE else literal(True)
+    query = select(records.c.id).where(records.c.delivery_id == delivery_id,
+                                       records.c.kind == ("bounce" if kind == HARD_BOUNCE else "complaint"),
+                                       same).limit(1)
+    return (await conn.execute(query)).first() is not None
 
 
 def _add(conn: AsyncConnection, statement: Any) -> Any:

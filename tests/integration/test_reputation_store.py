@@ -121,6 +121,41 @@ async def test_dsn_hard_bounces_and_complaints_count_without_adding_to_the_base(
                                   Key("marketing", "spring", "gmail"): Tally(sent=2, complaints=1)}
 
 
+async def test_a_copy_counts_one_hard_bounce_and_one_complaint_however_often_reported(db: Database) -> None:
+    outcomes = await _claimed(db, _message(1, "spring", 4))
+    first, second, third = outcomes[0], outcomes[1], outcomes[2]
+    await _record(db, [first, second, _bounced(third), outcomes[3]])
+    later = T0 + timedelta(hours=3)
+    dsn = BounceFact(later, first.recipient, HARD, "dsn", "5.1.1", delivery_id=first.delivery_id,
+                     queue_id=first.queue_id, campaign="spring", provider="yahoo")
+    on_sync = replace(dsn, recipient=third.recipient, delivery_id=third.delivery_id)  # a 550 was counted
+    complaint = ComplaintFact(later, second.recipient, "list", "arf", delivery_id=second.delivery_id,
+                              queue_id=second.queue_id, list_key="news", campaign="spring", provider="gmail")
+    for _ in range(2):  # the same DSN and the same report twice (duplicates, another hop's DSN)
+        await db.write(lambda c: queue_store.apply_feedback(c, [dsn, on_sync], queue_store.DEFAULT_SOFT_RULE))
+        await db.write(lambda c: feedback_store.apply_complaint(c, complaint))
+    # Counted in the minute the copies were answered, not the hour the reports came.
+    assert await _tallies(db, start=MINUTE0) == {Key("marketing", "spring", "yahoo"): Tally(sent=2, hard=2),
+                                                 Key("marketing", "spring", "gmail"): Tally(sent=2, complaints=1)}
+
+
+async def test_reports_about_copies_sent_before_a_resume_do_not_count_after_it(db: Database) -> None:
+    outcomes = await _claimed(db, _message(1, "spring", 12))
+    await _record(db, outcomes[:2])  # answered before the pause
+    await db.write(lambda c: queue_store.insert_messages(c, [_message(2, "spring", 1)]))
+    await pause(db, "spring", note="", by="cli", now=T0 + timedelta(minutes=1))
+    resumed_at = T0 + timedelta(minutes=2)
+    await resume(db, "spring", by="cli", now=resumed_at)
+    after = [replace(o, at=resumed_at + timedelta(minutes=1)) for o in outcomes[2:]]
+    await _record(db, after)
+    for outcome in outcomes[:2]:  # the old copies' late reports
+        await db.write(partial(feedback_store.apply_complaint, fact=ComplaintFact(
+            resumed_at + timedelta(minutes=5), outcome.recipient, "list", "arf", delivery_id=outcome.delivery_id,
+            queue_id=outcome.queue_id, list_key="news", campaign="spring", provider=outcome.provider)))
+    figures = await overview(db, _rep(), resumed_at + timedelta(minutes=10), "spring")
+    assert figures[0].whole == Tally(sent=10)
+
+
 async def test_counting_restarts_after_a_resume(db: Database) -> None:
     outcomes = await _claimed(db, _message(1, "spring", 4))
     await _record(db, outcomes[:2])
