@@ -28,11 +28,11 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, TypeVar
 
 import aiosmtplib
 import httpx
@@ -62,6 +62,7 @@ BOUNCE_DOMAIN = "bounces.example.com"
 SELECTOR = "s1"
 NEWSLETTER = "newsletter"  # the mailing tool's account: marketing only
 SHOP = "shop"  # the web shop's account: transactional only
+T = TypeVar("T")
 DNS_HOST = "127.0.0.53"
 LOCAL = "127.0.0.1"
 
@@ -821,16 +822,20 @@ async def started_world(files: Files, ports: Ports, say: Callable[[str], None]) 
         yield World(files, ports, gateway, sinks, webhooks, say)
 
 
-async def run(root: Path, *, exit_after: float | None, log_level: str, out: TextIO = sys.stdout,
-              repo_policies: Path = Path("policies")) -> int:
-    def say(text: str) -> None:
-        print(text, file=out, flush=True)
+async def _unless_stopped(work: Awaitable[T], stop: asyncio.Event) -> tuple[bool, T | None]:
+    """Run ``work`` until it ends or Ctrl-C/SIGTERM sets ``stop``: (finished, its result)."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return False, None
+    return True, task.result()
 
-    logs.configure(log_level, "text", addresses=True)
-    say("Gateway demo: the gateway, fake ISPs (127.0.1.x) and their DNS (127.0.0.53) on this machine; "
-        "nothing leaves it.")
-    if not (repo_policies / "providers.toml").exists():
-        raise RuntimeError(f"{repo_policies}/providers.toml not found: run the demo from the repository root")
+
+async def _set_up(root: Path, repo_policies: Path, say: Callable[[str], None]) -> tuple[Files, Ports]:
     prepare_dir(root, say)
     ports = pick_ports(say)
     say(f"Ports: SMTP {LOCAL}:{ports.smtp} (bounces, complaints) and {LOCAL}:{ports.submission} "
@@ -844,23 +849,36 @@ async def run(root: Path, *, exit_after: float | None, log_level: str, out: Text
         f"SMTP password under {_shown(files.root, Path.cwd())}/keys/.")
     await upgrade(load_settings([files.config]).storage.url)
     await import_contacts(files, say)
+    return files, ports
 
+
+async def run(root: Path, *, exit_after: float | None, log_level: str, out: TextIO = sys.stdout,
+              repo_policies: Path = Path("policies")) -> int:
+    def say(text: str) -> None:
+        print(text, file=out, flush=True)
+
+    logs.configure(log_level, "text", addresses=True)
+    say("Gateway demo: the gateway, fake ISPs (127.0.1.x) and their DNS (127.0.0.53) on this machine; "
+        "nothing leaves it.")
+    if not (repo_policies / "providers.toml").exists():
+        raise RuntimeError(f"{repo_policies}/providers.toml not found: run the demo from the repository root")
+    # Ctrl-C is ours from the start: during set-up too (a contacts import runs in a thread,
+    # where asyncio's own SIGINT handling did not reach it and the demo went on).
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
+        finished, prepared = await _unless_stopped(_set_up(root, repo_policies, say), stop)
+        if not finished or prepared is None:
+            say("\nStopped during set-up.")
+            return 0
+        files, ports = prepared
         async with started_world(files, ports, say) as world:
-            story = asyncio.create_task(play(world))
-            stopper = asyncio.create_task(stop.wait())
-            await asyncio.wait({story, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            if not story.done():
-                story.cancel()
-                await asyncio.gather(story, return_exceptions=True)
+            finished, _ = await _unless_stopped(play(world), stop)
+            if not finished:
                 say("\nStopped before the run finished.")
                 return 0
-            stopper.cancel()
-            story.result()
             say(where_to_look(world, Path.cwd()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), exit_after)
