@@ -111,9 +111,12 @@ class Gateway:
         codec = token_codec(settings.tokens)
         hooks = [Endpoint.from_settings(hook) for hook in settings.webhooks]  # secrets checked now
         self.webhooks = WebhookDispatcher(self.db, hooks) if hooks else None
+        # Circuit breakers: judged after each campaign's attempts and reports, and every minute
+        # (docs/reputation.md).
+        self.breakers = ReputationGuard(self.db, lambda: self.policy.reputation)
         self.inbound = InboundProcessor(self.db, codec, settings.bounce.domain,
                                         classifier=lambda: self.classifier,
-                                        rules=feedback_rules_from(settings))
+                                        rules=feedback_rules_from(settings), on_report=self.breakers.reported)
         self.copies = CopyMaker(
             self.keyring, codec,
             CopyRules(public_url=settings.http.public_url, bounce_domain=settings.bounce.domain,
@@ -137,8 +140,6 @@ class Gateway:
         self.public: EmbeddedServer | None = None
         self._inbound_task: asyncio.Task[None] | None = None
         self._webhook_task: asyncio.Task[None] | None = None
-        # Circuit breakers: judged after each campaign's attempts and every minute (docs/reputation.md).
-        self.breakers = ReputationGuard(self.db, lambda: self.policy.reputation)
         self._breaker_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.ready = False

@@ -146,19 +146,23 @@ class Handled:
     writes: list[WriteOp] = field(default_factory=list)
     bounces: list[Verdict] = field(default_factory=list)
     complaint_providers: list[str] = field(default_factory=list)  # one per complaint applied
+    campaigns: set[str] = field(default_factory=set)  # of the copies bounced or complained about
 
 
 class InboundProcessor:
     def __init__(self, db: Database, codec: TokenCodec, bounce_domain: str, *,
                  classifier: Callable[[], Classifier], rules: FeedbackRules | None = None,
-                 poll: float = POLL_SECONDS) -> None:
-        """``classifier`` returns the current bounce classifier (policy reloads swap it)."""
+                 poll: float = POLL_SECONDS,
+                 on_report: Callable[[str], None] = lambda campaign: None) -> None:
+        """``classifier`` returns the current bounce classifier (policy reloads swap it);
+        ``on_report`` hears each campaign a committed DSN or complaint was about (the breakers)."""
         self.db = db
         self.codec = codec
         self.bounce_domain = bounce_domain
         self.classifier = classifier
         self.rules = rules or FeedbackRules()
         self.poll = poll
+        self.on_report = on_report
         self._wake = asyncio.Event()
         self._later: dict[int, float] = {}  # row id -> monotonic time before which it is not retried
         self._bad_markers: set[int] = set()  # unapplied bounce facts that failed again (until restart)
@@ -245,6 +249,8 @@ class InboundProcessor:
         if not handled.state:
             return
         metrics.INBOUND_REPORTS.labels(handled.kind, handled.state).inc()
+        for campaign in sorted(handled.campaigns):
+            self.on_report(campaign)
         for verdict in handled.bounces:
             metrics.BOUNCES.labels(verdict.bounce_class.value, verdict.severity.value).inc()
         for provider in handled.complaint_providers:
@@ -361,7 +367,7 @@ class InboundProcessor:
         if not verified:  # only evidence: an address alone must not suppress anyone
             return Handled(kind, "unverified", writes=[self._dsn_evidence_only(row, m, _about(m, failed))
                                                        for m in matches])
-        handled = Handled(kind, "bounced")
+        handled = Handled(kind, "bounced", campaigns={m.ref.campaign for m in verified})
         for match in verified:
             write, verdict = self._dsn_change(row, match, _about(match, failed))
             handled.writes.append(write)
@@ -430,7 +436,8 @@ class InboundProcessor:
         if not matches:
             return Handled(kind, "unmatched")
         changes = [self._complaint_change(row, report, trust, match) for match in matches]
-        return Handled(kind, "complaint", writes=changes, complaint_providers=[m.provider for m in matches])
+        return Handled(kind, "complaint", writes=changes, complaint_providers=[m.provider for m in matches],
+                       campaigns={m.ref.campaign for m in matches})
 
     async def _trust(self, raw: bytes, client_ip: str) -> Trust:
         rules = self.rules

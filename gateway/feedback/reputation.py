@@ -3,9 +3,10 @@
 The serving process runs one ``ReputationGuard``. Each delivery attempt notes its
 campaign; shortly after (``debounce``, time for the outcome batch to commit) the guard
 judges the noted campaigns from the shared counts (gateway/storage/reputation_store.py),
-so a bad list is stopped within a batch or two. Every ``period`` it also judges every
-campaign (complaints and DSNs arrive hours later, with no attempt to note them),
-refreshes the gauges and prunes old counts. Several nodes judge the same counts; a
+so a bad list is stopped within a batch or two; the inbound processor likewise reports
+the campaign of each DSN or complaint it applied. Every ``period`` it also judges every
+campaign (reports applied by another node, a threshold lowered by a reload), refreshes
+the gauges and prunes old counts. Several nodes judge the same counts; a
 pause is recorded once (campaign_states), warnings at most once per node and window.
 
 The operator's verbs (`gateway campaign ...`, the admin API) use ``pause``, ``resume``,
@@ -68,6 +69,13 @@ class ReputationGuard:
     def note(self, stream: str, campaign: str) -> None:
         """An attempt of ``campaign`` is about to be recorded: judge it soon."""
         if campaign and stream in self.settings().streams:
+            self._noted.add(campaign)
+            self._wake.set()
+
+    def reported(self, campaign: str) -> None:
+        """A DSN or a complaint about a copy of ``campaign`` has been committed: judge it now,
+        not at the next full pass."""
+        if campaign:
             self._noted.add(campaign)
             self._wake.set()
 

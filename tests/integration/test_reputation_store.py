@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
@@ -15,9 +16,13 @@ from sqlalchemy import select
 
 from gateway.config.policy import Reputation
 from gateway.feedback.breakers import Key, Tally
+from gateway.feedback.classify import Classifier
+from gateway.feedback.inbound import InboundProcessor
 from gateway.feedback.reputation import ReputationGuard, overview, pause, resume
 from gateway.feedback.verdicts import BounceClass, Severity, Verdict
-from gateway.records import DeliveryState, NewMessage, Outcome, new_queue_id
+from gateway.records import DeliveryState, InboundMessage, NewMessage, Outcome, new_queue_id
+from gateway.rewrite.tokens import VERP_PREFIX, Binding, Purpose, TokenCodec
+from gateway.sandbox.demo import dsn
 from gateway.storage import campaign_store, feedback_store, queue_store, reputation_store
 from gateway.storage.database import Database
 from gateway.storage.feedback_store import BounceFact, ComplaintFact
@@ -28,6 +33,7 @@ MINUTE0 = T0.replace(second=0)  # the bucket T0 falls in
 HARD = Verdict(BounceClass.USER_UNKNOWN, Severity.HARD, "user-unknown", "5.1.1")
 SOFT = Verdict(BounceClass.SPAM_BLOCK, Severity.SOFT, "spam", "5.7.1")
 MARKETING = ("marketing",)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -270,3 +276,23 @@ async def test_campaign_events_reach_webhooks_with_the_campaign_and_figures(db: 
 async def reputation_store_event(db: Database) -> None:
     await db.write(lambda c: reputation_store.add_campaign_events(
         c, [(T0, "paused", "spring", "hard bounces 12 of 100 sent (12%)")]))
+
+
+async def test_a_processed_dsn_wakes_the_breakers_for_its_campaign(db: Database) -> None:
+    """Without the hook a report about a copy was judged at the next full pass, up to a minute later."""
+    outcomes = await _claimed(db, _message(1, "spring", 2))
+    await _record(db, outcomes)
+    first = outcomes[0]
+    codec = TokenCodec({1: b"k" * 32}, 1)
+    verp = f"{VERP_PREFIX}{codec.issue(Purpose.VERP, first.delivery_id, Binding(first.recipient, 'news', 'spring'))}"
+    verp += "@bounces.example.com"
+    await db.write(lambda c: queue_store.insert_inbound(c, InboundMessage(
+        T0, "", (verp,), dsn(verp, first.recipient), "127.0.0.9")))
+    heard: list[str] = []  # the runtime passes ReputationGuard.reported
+    classifier = Classifier.from_policy_dir(ROOT / "policies")
+    processor = InboundProcessor(db, codec, "bounces.example.com", on_report=heard.append,
+                                 classifier=lambda: classifier)
+    assert await processor.process_new() == 1
+    assert heard == ["spring"]
+    assert await _tallies(db) == {Key("marketing", "spring", "yahoo"): Tally(sent=1, hard=1),
+                                  Key("marketing", "spring", "gmail"): Tally(sent=1)}

@@ -100,3 +100,28 @@ async def test_an_unexpected_error_is_logged_and_the_next_round_runs(caplog: pyt
         assert db.reads == 2 and not task.done()  # and judges the next note
     assert "unexpected error" in caplog.text
     await _ends_when_cancelled(task)
+
+
+async def test_a_report_about_a_campaign_has_it_judged_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    guard = _guard(Stalled(), period=3600.0)
+    judged: list[object] = []
+
+    async def evaluate(campaigns: object) -> list[object]:
+        judged.append(campaigns)
+        return []
+
+    async def refresh() -> None:
+        return None
+
+    monkeypatch.setattr(guard, "evaluate", evaluate)
+    monkeypatch.setattr(guard, "refresh", refresh)
+    task = asyncio.create_task(guard.run())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert judged == [None]  # the first full pass; the next one is an hour away
+    guard.reported("spring")  # a DSN or complaint committed by the inbound processor
+    guard.reported("")  # mail without a campaign: nothing to pause
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert judged == [None, {"spring"}]
+    await _ends_when_cancelled(task)
