@@ -28,12 +28,15 @@ from gateway.storage.tables import deliveries, messages
 
 _PENDING = [s.value for s in PENDING_STATES]
 IN_BATCH = 500  # campaigns per IN list
+HELD_LIMIT = 100_000
+"""Most held copies counted per campaign; a count that reaches it is a lower bound."""
 _states = tables.campaign_states
 
 
 @dataclass(frozen=True)
 class CampaignState:
-    """A campaign that was ever paused, and how many of its copies are held now."""
+    """A campaign that was ever paused, and how many of its copies are held now (at most
+    ``HELD_LIMIT``: a count that reaches it is a lower bound)."""
 
     campaign: str
     paused: bool
@@ -88,10 +91,10 @@ async def resume_campaign(conn: AsyncConnection, campaign: str, *, by: str, now:
 
 async def campaign_states(conn: AsyncConnection) -> list[CampaignState]:
     """Every campaign that was ever paused (paused ones first), with its held copies."""
-    held = await _held_counts(conn, None)
-    rows = await conn.execute(select(_states)
-                              .order_by(_states.c.paused.desc(), _states.c.campaign))
-    return [_state(row, held.get(row.campaign, 0)) for row in rows]
+    rows = list(await conn.execute(select(_states)
+                                   .order_by(_states.c.paused.desc(), _states.c.campaign)))
+    held = await _held_counts(conn, [row.campaign for row in rows])
+    return [_state(row, held[row.campaign]) for row in rows]
 
 
 async def campaign_state(conn: AsyncConnection, campaign: str) -> CampaignState | None:
@@ -99,8 +102,8 @@ async def campaign_state(conn: AsyncConnection, campaign: str) -> CampaignState 
                               .where(_states.c.campaign == campaign))).first()
     if row is None:
         return None
-    held = await _held_counts(conn, campaign)
-    return _state(row, held.get(campaign, 0))
+    held = await _held_counts(conn, [campaign])
+    return _state(row, held[campaign])
 
 
 async def paused_among(conn: AsyncConnection, campaigns: Iterable[str]) -> set[str]:
@@ -127,15 +130,19 @@ async def hold_deliveries(conn: AsyncConnection, where: Any) -> int:
 
 
 async def release_deliveries(conn: AsyncConnection, where: Any, now: datetime) -> int:
-    """Release held copies matching ``where``, due ``now``: back to ``queued`` if never tried,
-    ``deferred`` otherwise, so the states keep their meaning. The provider's maximum queue age
-    still counts from reception: a copy held past it expires at its first failed attempt."""
+    """Release held copies matching ``where``: back to ``queued`` if never tried, ``deferred``
+    otherwise, so the states keep their meaning. A copy is due ``now``, or at its own due time
+    if that is later: a deferred copy keeps the back-off its provider asked for, instead of
+    all of a campaign's deferrals going back to that provider at once. The provider's maximum
+    queue age still counts from reception: a copy held past it expires at its first failed
+    attempt or postponement."""
     result = await conn.execute(
         update(deliveries)
         .where(where, deliveries.c.state == DeliveryState.HELD.value)
         .values(state=case((deliveries.c.attempts > 0, DeliveryState.DEFERRED.value),
                            else_=DeliveryState.QUEUED.value),
-                next_attempt_at=now))
+                next_attempt_at=case((deliveries.c.next_attempt_at > now, deliveries.c.next_attempt_at),
+                                     else_=now)))
     return int(result.rowcount or 0)
 
 
@@ -144,14 +151,18 @@ def _of_campaign(campaign: str) -> Any:
         select(messages.c.queue_id).where(messages.c.campaign == campaign).scalar_subquery())
 
 
-async def _held_counts(conn: AsyncConnection, campaign: str | None) -> dict[str, int]:
-    query = (select(messages.c.campaign, func.count())
-             .select_from(deliveries.join(messages, messages.c.queue_id == deliveries.c.queue_id))
-             .where(deliveries.c.state == DeliveryState.HELD.value)
-             .group_by(messages.c.campaign))
-    if campaign is not None:
-        query = query.where(messages.c.campaign == campaign)
-    return {row[0]: int(row[1]) for row in await conn.execute(query)}
+async def _held_counts(conn: AsyncConnection, campaigns: Iterable[str]) -> dict[str, int]:
+    """Held copies per campaign, each count stopping at ``HELD_LIMIT``: through the campaign
+    index and the deliveries of its messages, never a walk over every held row of the queue
+    (a status is asked for when things go wrong, often with a big queue)."""
+    found: dict[str, int] = {}
+    for campaign in campaigns:
+        held = (select(deliveries.c.id)
+                .join(messages, messages.c.queue_id == deliveries.c.queue_id)
+                .where(messages.c.campaign == campaign, deliveries.c.state == DeliveryState.HELD.value)
+                .limit(HELD_LIMIT).subquery())
+        found[campaign] = int((await conn.execute(select(func.count()).select_from(held))).scalar() or 0)
+    return found
 
 
 def _state(row: Any, held: int) -> CampaignState:

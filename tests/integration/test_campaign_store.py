@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -140,3 +141,31 @@ async def test_the_empty_campaign_cannot_be_paused(db: Database) -> None:
         with pytest.raises(ValueError, match="empty campaign"):
             await campaign_store.pause_campaign(conn, "", reason="manual", detail="", by="cli", now=T0)
     assert await db.read(campaign_store.campaign_states) == []
+
+
+async def test_a_resume_keeps_a_deferred_copys_later_due_time(db: Database) -> None:
+    """Copies due long ago go now; one its provider deferred keeps its back-off, so a resume
+    does not send a campaign's deferrals back to that provider all at once."""
+    waiting, deferred_one = _message(1, "spring"), _message(2, "spring")
+    await _store(db, waiting, deferred_one)
+    claim = next(c for c in await _claim(db) if c.queue_id == deferred_one.queue_id)
+    retry_at = T0 + timedelta(hours=2)
+    deferred = outcome_for(claim, AttemptResult("transient", "421 4.7.0 try later"), RetrySchedule(), T0)
+    deferred = dataclasses.replace(deferred, next_attempt_at=retry_at)
+    await db.write(lambda c: queue_store.record_outcomes(c, "n1", [deferred]))
+    await db.write(lambda c: queue_store.release_claims(c, "n1"))
+    await _pause(db, "spring")
+    resumed_at = T0 + timedelta(minutes=30)
+    assert await db.write(lambda c: campaign_store.resume_campaign(c, "spring", by="cli", now=resumed_at)) == 2
+    assert [c.queue_id for c in await _claim(db, resumed_at)] == [waiting.queue_id]
+    assert deferred_one.queue_id in {c.queue_id for c in await _claim(db, retry_at)}
+
+
+async def test_held_counts_stop_at_the_limit(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(campaign_store, "HELD_LIMIT", 2)
+    await _store(db, _message(1, "spring", "a@one.example", "b@one.example", "c@one.example"),
+                 _message(2, "autumn"))
+    await _pause(db, "spring")
+    await _pause(db, "autumn")
+    states = await db.read(campaign_store.campaign_states)
+    assert [(s.campaign, s.held) for s in states] == [("autumn", 1), ("spring", 2)]
