@@ -4,13 +4,11 @@ breaker guard that judges them (gateway/feedback/reputation.py)."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 
-import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import select
 
@@ -34,14 +32,6 @@ HARD = Verdict(BounceClass.USER_UNKNOWN, Severity.HARD, "user-unknown", "5.1.1")
 SOFT = Verdict(BounceClass.SPAM_BLOCK, Severity.SOFT, "spam", "5.7.1")
 MARKETING = ("marketing",)
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-async def db(db_url: str) -> AsyncIterator[Database]:
-    database = Database(db_url)
-    await database.start()
-    yield database
-    await database.close()
 
 
 def _message(n: int, campaign: str, recipients: int, stream: str = "marketing") -> NewMessage:
