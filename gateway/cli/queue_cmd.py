@@ -81,8 +81,12 @@ def run(args: argparse.Namespace) -> int:
     if args.queue_verb == "list":
         if args.limit < 1:
             raise ValueError("--limit must be at least 1")
-        return _print_list(_with_db(settings.storage.url, lambda c: queue_store.list_queue(
-            c, **filters, limit=args.limit)))
+        entries = _with_db(settings.storage.url, lambda c: queue_store.list_queue(
+            c, **filters, limit=args.limit + 1))  # one more: says whether the list goes on
+        _print_list(entries[:args.limit])
+        if len(entries) > args.limit:
+            print(f"... more: the first {args.limit} shown (--limit N, or narrow with the filters)")
+        return 0
     narrowed = any(value is not None for name, value in filters.items() if name != "states")
     if args.queue_verb in _NEED_ALL and not narrowed and not args.all:
         raise ValueError(f"queue {args.queue_verb} needs --id, --domain, --provider or --campaign, "
@@ -164,6 +168,6 @@ def _print_trace(rows: list[queue_store.TraceRow], key: str) -> int:
         print(f"nothing recorded for {key}")
         return 1
     for row in rows:
-        who = f" {row.recipient}" if row.recipient else ""
-        print(f"{row.at:%Y-%m-%d %H:%M:%S} {row.queue_id} {row.kind:9}{who}: {row.detail}")
+        who = f" {row.recipient}:" if row.recipient else ""
+        print(f"{row.at:%Y-%m-%d %H:%M:%S} {row.queue_id} {row.kind:9}{who} {row.detail}")
     return 0

@@ -57,7 +57,11 @@ def _listed(config: Path, *args: str) -> set[tuple[str, str]]:
     """(recipient, state) of each row `queue list` prints."""
     code, out, err = _queue(config, "list", *args)
     assert code == 0, err
-    return {(line.split()[-1], line.split()[1]) for line in out.splitlines()[1:] if "@" in line}
+    return {(line.split()[-1], line.split()[1]) for line in _rows(out)}
+
+
+def _rows(out: str) -> list[str]:
+    return [line for line in out.splitlines()[1:] if "@" in line and not line.startswith("...")]
 
 
 def test_queue_actions_with_filters(config: Path, tmp_path: Path) -> None:
@@ -67,6 +71,9 @@ def test_queue_actions_with_filters(config: Path, tmp_path: Path) -> None:
                                ("c@one.example", "queued"), ("d@two.example", "queued")}
     assert _listed(config, "--state", "held", "--domain", "ONE.example") == {("a@one.example", "held")}
     assert _listed(config, "--campaign", "") == {("d@two.example", "queued")}
+    code, out, _ = _queue(config, "list", "--limit", "3")  # a cut list says so
+    assert code == 0 and len(_rows(out)) == 3
+    assert out.endswith("... more: the first 3 shown (--limit N, or narrow with the filters)\n")
 
     assert _queue(config, "hold", "--campaign", "autumn")[1] == "1 deliveries held\n"
     assert _queue(config, "hold", "--campaign", "autumn")[1] == "0 deliveries held\n"  # nothing waiting
