@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -16,14 +15,6 @@ from gateway.storage.database import Database
 
 T0 = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
 LEASE = T0 + timedelta(minutes=15)
-
-
-@pytest.fixture
-async def db(db_url: str) -> AsyncIterator[Database]:
-    database = Database(db_url)
-    await database.start()
-    yield database
-    await database.close()
 
 
 def _message(n: int, campaign: str, *recipients: str) -> NewMessage:
