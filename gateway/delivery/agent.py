@@ -383,8 +383,9 @@ class DeliveryAgent:
         conn: _Connection | None = None
         try:
             while True:
-                try:
-                    priority, _, job = await asyncio.wait_for(lane.queue.get(), lane.profile.idle_close)
+                try:  # not asyncio.wait_for: see gateway/wakeups.py
+                    async with asyncio.timeout(lane.profile.idle_close):
+                        priority, _, job = await lane.queue.get()
                 except TimeoutError:
                     return
                 lane.taken(priority)

@@ -58,6 +58,7 @@ from gateway.storage.database import Database
 from gateway.storage.errors import StorageError
 from gateway.storage.feedback_store import BounceFact, ComplaintFact
 from gateway.storage.queue_store import DEFAULT_SOFT_RULE, DeliveryRef, InboundRow
+from gateway.wakeups import wake_or_timeout
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 2.0
@@ -180,8 +181,7 @@ class InboundProcessor:
                 except Exception:
                     log.exception("unexpected error processing inbound mail")
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll)
+            await wake_or_timeout(self._wake, self.poll)
 
     async def _process_all(self) -> None:
         while await self.process_new() == PAGE:

@@ -17,7 +17,6 @@ automatic one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from gateway.storage import campaign_store, reputation_store
 from gateway.storage.database import Database
 from gateway.storage.errors import StorageError
 from gateway.storage.reputation_store import Mark
+from gateway.wakeups import wake_or_timeout
 
 log = logging.getLogger(__name__)
 MANUAL = "manual"
@@ -105,12 +105,9 @@ class ReputationGuard:
                 log.exception("reputation breakers: unexpected error; trying again at the next round")
 
     async def _idle(self, delay: float) -> None:
-        """Wait for a note, at most ``delay`` seconds. Not asyncio.wait_for: on Python 3.11 it
-        drops a cancellation that arrives just as the event is set, and the task then
-        outlives gateway.stop()."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(max(0.0, delay)):
-                await self._wake.wait()
+        """Wait for a note, at most ``delay`` seconds (see gateway/wakeups.py for why not
+        asyncio.wait_for)."""
+        await wake_or_timeout(self._wake, delay)
 
     async def evaluate(self, campaigns: Collection[str] | None) -> list[Decision]:
         """Judge ``campaigns`` (every campaign with counts when None): pause and warn."""

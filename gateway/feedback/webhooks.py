@@ -41,6 +41,7 @@ from gateway.storage import feedback_store
 from gateway.storage.database import Database
 from gateway.storage.errors import StorageError
 from gateway.storage.feedback_store import OutboxItem
+from gateway.wakeups import wake_or_timeout
 
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Gateway-Signature"
@@ -147,8 +148,7 @@ class WebhookDispatcher:
                     metrics.WEBHOOK_BACKLOG.set(await self.db.read(feedback_store.backlog))
                 if not busy:
                     self._wake.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), self.poll)
+                    await wake_or_timeout(self._wake, self.poll)
         finally:
             await self._client.aclose()
 

@@ -11,7 +11,6 @@ had already answered 250 and the outcome was not yet committed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -34,6 +33,7 @@ from gateway.storage import queue_store, shaping_store
 from gateway.storage.database import Database
 from gateway.storage.errors import StorageError
 from gateway.storage.queue_store import DEFAULT_SOFT_RULE
+from gateway.wakeups import wake_or_timeout
 
 log = logging.getLogger(__name__)
 
@@ -194,8 +194,7 @@ class Scheduler:
             task.add_done_callback(self._finished)
 
     async def _idle(self) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), POLL_INTERVAL)
+        await wake_or_timeout(self._wake, POLL_INTERVAL)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.pop(task, None)
