@@ -66,10 +66,11 @@ def _matches(labels: frozenset[tuple[str, str]], matchers: str) -> bool:
 
 
 def has_data(expr: str, seen: Series) -> bool:
-    """At least one metric the expression selects had a non-zero sample during the run."""
-    return any(value != 0 and name == metric and _matches(labels, matchers)
-               for metric, matchers in _SELECTOR.findall(expr)
-               for (name, labels), value in seen.items())
+    """Every metric the expression selects had a series during the run (a ratio of sums has
+    no data when either side is empty), and one of them a non-zero sample."""
+    selected = [[value for (name, labels), value in seen.items() if name == metric and _matches(labels, matchers)]
+                for metric, matchers in _SELECTOR.findall(expr)]
+    return all(selected) and any(value != 0 for values in selected for value in values)
 
 
 def test_has_data_honours_label_matchers() -> None:
@@ -78,6 +79,9 @@ def test_has_data_honours_label_matchers() -> None:
     assert has_data('sum(rate(gateway_bounces_total{severity=~"so.*"}[5m]))', seen)
     assert not has_data('sum(rate(gateway_bounces_total{severity="hard"}[5m]))', seen)
     assert not has_data("sum(rate(gateway_deliveries_total[5m]))", seen)
+    # A ratio needs both sides: an empty denominator leaves the panel without data.
+    assert not has_data('sum(gateway_bounces_total{severity="soft"}) / sum(gateway_complaints_total)', seen)
+    assert has_data('sum(gateway_bounces_total{severity="soft"}) / sum(gateway_deliveries_total)', seen)
 
 
 def test_the_demo_policy_only_speeds_up_rates() -> None:
