@@ -11,6 +11,7 @@ import socket
 import time
 from collections.abc import Sequence
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 from gateway import metrics
@@ -151,7 +152,8 @@ class Gateway:
         if isinstance(copy, AttemptResult):
             return copy
         return await self.agent.deliver(copy.mail_from, claim.recipient, claim.domain, copy.head,
-                                        copy.body, smtputf8=copy.smtputf8, stream=claim.stream)
+                                        copy.body, smtputf8=copy.smtputf8, stream=claim.stream,
+                                        withdrawn=partial(self.breakers.is_paused, claim.campaign))
 
     def _classify(self, result: AttemptResult) -> Verdict | None:
         """The bounce classifier's reading of a failed attempt (read through ``self`` so that

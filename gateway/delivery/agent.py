@@ -63,6 +63,10 @@ class Source:
     helo: str
 
 
+def _never() -> bool:
+    return False
+
+
 @dataclass(frozen=True)
 class Job:
     mail_from: str
@@ -72,6 +76,9 @@ class Job:
     smtputf8: bool
     future: asyncio.Future[AttemptResult]
     day: date | None = None  # the UTC day a warm-up send was reserved for it (routing time)
+    # True once the copy must not go any more (its campaign was paused while it waited in a
+    # lane): asked when a worker takes it, so it goes back to the queue unsent.
+    withdrawn: Callable[[], bool] = _never
 
 
 @dataclass(eq=False)  # lanes are compared and hashed by identity
@@ -219,8 +226,10 @@ class DeliveryAgent:
 
     async def deliver(self, mail_from: str, recipient: str, domain: str, head: bytes,
                       body: bytes | memoryview = b"", *, smtputf8: bool = False,
-                      stream: str = "transactional") -> AttemptResult:
-        """Send ``head + body``; ``smtputf8`` asks for SMTPUTF8 even with an ASCII envelope."""
+                      stream: str = "transactional",
+                      withdrawn: Callable[[], bool] | None = None) -> AttemptResult:
+        """Send ``head + body``; ``smtputf8`` asks for SMTPUTF8 even with an ASCII envelope.
+        ``withdrawn`` is asked when the copy's turn comes: True puts it back unsent."""
         self._start_reporter()
         routed = await self._route(domain, stream)
         if isinstance(routed, AttemptResult):
@@ -232,7 +241,8 @@ class DeliveryAgent:
             return lane_or_result
         lane = lane_or_result
         future: asyncio.Future[AttemptResult] = asyncio.get_running_loop().create_future()
-        job = Job(mail_from, recipient, head, body, smtputf8, future, utc_day(self.clock()))
+        job = Job(mail_from, recipient, head, body, smtputf8, future, utc_day(self.clock()),
+                  withdrawn or _never)
         lane.put(PRIORITY.get(stream, 1), next(self._order), job)
         key = pause_key(route, site)
         self._backlog[key] = self._backlog.get(key, 0) + 1
@@ -410,6 +420,9 @@ class DeliveryAgent:
     async def _serve_job(self, lane: _Lane, job: Job,
                          conn: _Connection | None) -> tuple[_Connection | None, bool]:
         """Send one job; returns the connection to keep (None: closed) and whether to stop."""
+        if job.withdrawn():
+            await self._put_back(lane, [job], self.clock(), "withdrawn before sending: campaign paused")
+            return conn, False
         if await self._reroute_if_suspended(lane, job):
             return conn, True
         conn = await self._wait_for_rate(lane, conn)

@@ -65,6 +65,13 @@ class ReputationGuard:
         self.memory = WarningMemory()
         self._noted: set[str] = set()
         self._wake = asyncio.Event()
+        self._paused: set[str] = set()  # as last read or decided here
+
+    def is_paused(self, campaign: str) -> bool:
+        """Asked before a copy that waited in a delivery lane is sent: a pause must also stop
+        the copies already handed to delivery, not only those claimed after it. Refreshed at
+        every judgement of the campaign, so a resume elsewhere is seen within a round."""
+        return campaign in self._paused
 
     def note(self, stream: str, campaign: str) -> None:
         """An attempt of ``campaign`` is about to be recorded: judge it soon."""
@@ -116,6 +123,7 @@ class ReputationGuard:
             return []
         now = self.clock()
         marks = await self.db.read(partial(reputation_store.campaign_marks, campaigns=campaigns))
+        self._remember_paused(marks, campaigns)
         found = await judge_counts(self.db, rep, now, campaigns, marks)
         for campaign, decision in pauses(found).items():
             if not marks.get(campaign, Mark(False, None)).paused:
@@ -124,6 +132,16 @@ class ReputationGuard:
         for decision in self.memory.fresh([d for d in found if d.key.campaign not in tripped], now):
             await self._warn(decision, now)
         return found
+
+    def _remember_paused(self, marks: dict[str, Mark], campaigns: Collection[str] | None) -> None:
+        if campaigns is None:
+            self._paused = {name for name, mark in marks.items() if mark.paused}
+            return
+        for name in campaigns:
+            if name in marks and marks[name].paused:
+                self._paused.add(name)
+            else:
+                self._paused.discard(name)
 
     async def _pause(self, campaign: str, decision: Decision, now: datetime) -> None:
         async def write(conn: AsyncConnection) -> int | None:
@@ -136,6 +154,7 @@ class ReputationGuard:
             return held
 
         held = await self.db.write(write)
+        self._paused.add(campaign)  # by this breaker or, when held is None, by someone else
         if held is None:
             return
         key = decision.key

@@ -192,6 +192,8 @@ async def test_the_guard_pauses_a_bad_campaign_once_with_an_event_and_a_metric(d
     assert state.detail == "hard bounces 5 of 10 sent (50%) at yahoo over the last 24h, limit 5%"
     assert await db.read(lambda c: campaign_store.campaign_state(c, "clean")) is None
     assert _sample("gateway_breaker_trips_total", labels) == trips + 1
+    # Copies already handed to delivery are withdrawn before they are sent.
+    assert guard.is_paused("bought") and not guard.is_paused("clean")
 
     await guard.evaluate(["bought"])  # already paused: no second event
     rows = (await db.read(lambda c: c.execute(select(events).where(events.c.kind == "paused")))).all()
@@ -207,6 +209,7 @@ async def test_the_guard_pauses_a_bad_campaign_once_with_an_event_and_a_metric(d
     assert await resume(db, "bought", by="cli", now=T0 + timedelta(minutes=2)) is None
     # Counting restarted at the resume: the old figures do not pause it again.
     assert [d for d in await guard.evaluate(["bought"]) if d.key.campaign == "bought"] == []
+    assert not guard.is_paused("bought")  # the resume, made elsewhere, is seen at the next judgement
 
 
 async def test_warnings_are_given_once_per_window(db: Database) -> None:

@@ -18,7 +18,7 @@ from gateway.queue.retry import RetrySchedule
 from gateway.queue.scheduler import outcome_for
 from gateway.records import ClaimedDelivery, DeliveryState
 from gateway.shaping.matching import ProviderMatcher
-from gateway.shaping.outcomes import ShapedResult, postponed
+from gateway.shaping.outcomes import POSTPONED, ShapedResult, postponed
 from gateway.shaping.router import PoolSpec, Router, SiteFailures, SourceIp
 from gateway.shaping.store import MemoryThrottleStore
 
@@ -235,3 +235,19 @@ async def test_a_refused_connection_is_not_tried_again_without_tls(monkeypatch: 
     opened = await agent._connect(target, POOLS["default"].ips[0], POLICY.profile("apple"))
     assert isinstance(opened, str) and "refused" in opened
     assert len(attempts) == 1  # opportunistic TLS falls back only when STARTTLS failed
+
+
+async def test_a_copy_withdrawn_while_waiting_goes_back_unsent(monkeypatch: Any) -> None:
+    """A campaign paused while its copies wait in a lane: the worker puts them back (no
+    connection, no attempt), and the next claim holds them."""
+    agent, _ = _agent()
+    monkeypatch.setattr(agent.router, "choose", _first_ip)
+    try:
+        result = await asyncio.wait_for(agent.deliver("s@example.com", "u@icloud.test", "icloud.test",
+                                                      b"Subject: x\r\n\r\n", b"hi\r\n",
+                                                      withdrawn=lambda: True), 5)
+    finally:
+        await agent.close()
+    assert isinstance(result, ShapedResult) and result.kind == POSTPONED
+    assert result.reply == "withdrawn before sending: campaign paused"
+    assert await agent.router.store.connections("apple") == 0
