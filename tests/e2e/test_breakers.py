@@ -97,15 +97,16 @@ async def test_a_bought_list_is_paused_early_held_and_released_on_resume(
     assert state is not None and state.paused and state.changed_by == "breaker" and state.reason == "hard-bounce"
     attempted = await _attempted(running, "bought")
     # Trips at >= 100 answers with >= 10 hard bounces (about 100 here); then at most a debounce
-    # (0.1 s) plus an outcome batch and the copies in flight pass at 50/s: a few dozen more.
-    assert 100 <= attempted < 400, attempted
+    # (0.1 s) plus an outcome batch pass at 50/s; copies already waiting in a delivery lane are
+    # withdrawn unsent. About 110 here; the bound leaves room for a slow machine.
+    assert 100 <= attempted < 250, attempted
     reached = sum(1 for m in running.sink.messages if not m.rcpt_tos[0].startswith("fan"))
-    assert reached < 400
+    assert reached < 250
     # Not lost: every copy is answered, held, or (postponed by the rate limit before the
     # pause) still waiting, and is held when it is next claimed.
     states = await _states(running, "bought")
     assert sum(states.values()) == RECIPIENTS and set(states) <= {"delivered", "bounced", "held", "queued"}
-    assert states["held"] == state.held >= RECIPIENTS - 400
+    assert states["held"] == state.held >= RECIPIENTS - 250
     assert re.fullmatch(r"hard bounces \d+ of \d+ sent \(\d+(\.\d)?%\) (at default|across all providers) "
                         r"over the last 24h, limit 5%", state.detail or ""), state.detail
     counts = await running.gateway.db.read(queue_store.count_pending)
