@@ -143,6 +143,7 @@ class Database:
             async with self.engine.connect() as conn:
                 return await op(conn)
         except SQLAlchemyError as exc:
+            _cancelled_underneath(exc)
             raise StorageError(f"database read failed: {_short(exc)}") from exc
 
     async def _write_loop(self) -> None:
@@ -188,6 +189,17 @@ class Database:
             results = [await op(conn) for op in ops]
         tally.settle(conn)  # committed: what the writes finished now counts
         return results
+
+
+def _cancelled_underneath(exc: SQLAlchemyError) -> None:
+    """A task cancelled in the middle of a query (Gateway.stop()) can see SQLAlchemy's error
+    from closing the interrupted connection ("Can't reconnect until invalid transaction is
+    rolled back") instead of its CancelledError. Turned into a StorageError, the cancellation
+    would be lost: the background loops catch StorageError and go on, and stop() then waits
+    for them forever. So the cancellation wins."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError() from exc
 
 
 def _bound(op: Callable[[AsyncConnection, Sequence[ItemT]], Awaitable[object]],

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import io
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -136,6 +137,31 @@ async def start_gateway(tmp_path: Path, dkim_files: DkimFiles) -> AsyncIterator[
 
     yield start
     for running in started:
-        await running.gateway.stop()
-    await dns.stop()
-    await sink.stop()
+        await stop_or_explain(running.gateway.stop(), "gateway.stop()")
+    await stop_or_explain(dns.stop(), "dns.stop()")
+    await stop_or_explain(sink.stop(), "sink.stop()")
+
+
+async def stop_or_explain(stopping: Coroutine[Any, Any, None], what: str, seconds: float = 60) -> None:
+    """A teardown that hangs fails with where every task waits instead of stalling the suite."""
+    task = asyncio.create_task(stopping, name=what)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if done:
+        return task.result()
+    stacks = io.StringIO()
+    for other in asyncio.all_tasks():
+        print(f"{other.get_name()}: {' <- '.join(_awaiting(other.get_coro()))}", file=stacks)
+    task.cancel()
+    pytest.fail(f"{what} did not finish within {seconds:.0f} s; tasks:\n{stacks.getvalue()}")
+
+
+def _awaiting(coro: Any) -> list[str]:
+    """Where a task waits, through every coroutine and async generator it awaits."""
+    chain = []
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None:
+            chain.append(f"{frame.f_code.co_qualname} ({frame.f_code.co_filename.rsplit('/', 2)[-1]}:{frame.f_lineno})")
+        coro = (getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
+                or getattr(coro, "gi_yieldfrom", None))
+    return chain

@@ -10,6 +10,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import text
+from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.queue.retry import RetrySchedule
@@ -173,3 +174,33 @@ async def test_write_items_isolates_the_item_at_fault(db_url: str) -> None:
     assert [r is None for r in results] == [True, True, False, True, True]
     assert isinstance(results[2], StorageError)
     assert counts == {"queued": 8}
+
+
+async def test_a_read_cancelled_mid_query_ends_with_the_cancellation(db_url: str) -> None:
+    """SQLAlchemy may answer a query interrupted by cancellation with its own error; a
+    StorageError there would let a background loop go on, and Gateway.stop() wait forever."""
+    db = Database(db_url)
+    await db.start()
+    started = asyncio.Event()
+
+    async def interrupted(conn: AsyncConnection) -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise InvalidRequestError("Can't reconnect until invalid transaction is rolled back") from None
+
+    reading = asyncio.create_task(db.read(interrupted))
+    await started.wait()
+    reading.cancel()
+    try:
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+        with pytest.raises(StorageError, match="Can't reconnect"):  # not cancelled: the error stays
+            await db.read(_raises_invalid_request)
+    finally:
+        await db.close()
+
+
+async def _raises_invalid_request(conn: AsyncConnection) -> None:
+    raise InvalidRequestError("Can't reconnect until invalid transaction is rolled back")
