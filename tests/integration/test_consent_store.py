@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.ingest.addresses import address_hash
@@ -19,14 +17,6 @@ from gateway.storage.consent_store import ConsentChange, ListRecord, Suppression
 from gateway.storage.database import Database
 
 NOW = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-async def db(db_url: str) -> AsyncIterator[Database]:
-    database = Database(db_url)
-    await database.start()
-    yield database
-    await database.close()
 
 
 def _suppression(address: str, reason: str, scope: str = "global", key: str = "",
