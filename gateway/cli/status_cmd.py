@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import io
 import json
+import sys
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -33,6 +34,7 @@ from gateway.storage.errors import StorageError
 
 AddConfig = Callable[[argparse.ArgumentParser], None]
 API_TIMEOUT = 10.0
+PIPED_WIDTH = 140
 NEEDS_LIVE = "live suspensions and connections need the running gateway's admin API"
 
 
@@ -55,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status.model_dump(mode="json"), indent=2))
     else:
-        console = Console(highlight=False)
+        # Piped or redirected (a log, `| less`), rich would assume 80 columns and squeeze the
+        # reasons away: such output gets the width of a wide terminal instead.
+        console = Console(highlight=False, width=None if sys.stdout.isatty() else PIPED_WIDTH)
         show(console, status)
         if missing:
             console.print(f"{NEEDS_LIVE} ({missing})", highlight=False, markup=False)
@@ -154,7 +158,10 @@ def _table(title: str, columns: Iterable[str], right: Iterable[str] = ()) -> Tab
     table = Table(title=title, title_justify="left", title_style="bold")
     aligned = set(right)
     for column in columns:
-        table.add_column(column, justify="right" if column in aligned else "left", no_wrap=column != "WHY")
+        if column == "WHY":  # the long one: wraps, and keeps a readable width on a narrow screen
+            table.add_column(column, overflow="fold", min_width=30)
+        else:
+            table.add_column(column, justify="right" if column in aligned else "left", no_wrap=True)
     return table
 
 
@@ -178,9 +185,13 @@ def _queue_table(status: Status, now: datetime) -> RenderableType:
 
 
 def _providers_table(status: Status, now: datetime) -> RenderableType:
+    """Only providers with something to show: a dozen idle profiles would hide the busy one."""
+    busy = [p for p in status.providers or [] if p.connections or p.paused_until or p.slowed]
+    if not busy:
+        return Text("providers (this node): no open connections, pauses or slow-downs")
     table = _table("providers (this node)", ["PROVIDER", "CONNECTIONS", "BY SOURCE IP", "PAUSED UNTIL",
                                              "SLOWED"], right=["CONNECTIONS"])
-    for p in status.providers or []:
+    for p in busy:
         table.add_row(p.provider, str(p.connections),
                       ", ".join(f"{ip or 'OS-chosen'}: {n}" for ip, n in sorted(p.connections_by_ip.items())),
                       _when(p.paused_until, now) if p.paused_until else "",

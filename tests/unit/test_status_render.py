@@ -84,6 +84,16 @@ def test_every_part_is_a_table_with_readable_rows() -> None:
     _row(text, "spring-sale", "hard-bounce", "breaker", "(2h ago)", "1", "7.2% of 500 at gmail")
     assert "webhook backlog: 12 event(s) waiting; unapplied feedback: 0 record(s)" in text
     assert "\x1b[" not in text  # no colour codes in plain text
+    assert "│ default" not in text  # an idle provider profile is left out
+
+
+def test_idle_providers_say_so_in_one_line_and_a_long_reason_stays_readable() -> None:
+    idle = [{"provider": "gmail", "connections": 0, "connections_by_ip": {}, "paused_until": None, "slowed": {}}]
+    long_reason = "hard bounces 21 of 105 sent (20%) across all providers over the last 24h, limit 5%"
+    campaign = dict(_status()["paused_campaigns"][0], detail=long_reason)
+    text = render_text(_status(providers=idle, paused_campaigns=[campaign]), width=140)
+    assert "providers (this node): no open connections, pauses or slow-downs" in text
+    assert "across all" in text and "limit 5%" in text  # the WHY column keeps a readable width
 
 
 def test_database_only_status_leaves_out_the_live_parts() -> None:
