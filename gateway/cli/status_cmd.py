@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         console = Console(highlight=False, width=None if sys.stdout.isatty() else PIPED_WIDTH)
         show(console, status)
         if missing:
-            console.print(f"{NEEDS_LIVE} ({missing})", highlight=False, markup=False)
+            console.print(f"{NEEDS_LIVE} ({missing})", highlight=False, markup=False, soft_wrap=True)
     return 0
 
 
