@@ -262,7 +262,8 @@ async def record_outcomes(conn: AsyncConnection, node: str, outcomes: Sequence[O
     await conn.execute(insert(events), [_event_row(o) for o in applied])
     await _drop_finished_bodies(conn, {o.queue_id for o in applied if o.state.is_final})
     await _bounce_state_or_marker(conn, applied, soft_rule)
-    await reputation_store.count_outcomes(conn, applied)  # the circuit breakers' base and hard bounces
+    # The circuit breakers' base and hard bounces, in this node's own counter rows.
+    await reputation_store.count_outcomes(conn, applied, node=node)
     return len(applied)
 
 

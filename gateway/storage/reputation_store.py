@@ -33,7 +33,7 @@ from gateway.storage.tables import (
 
 _COUNTS = reputation_counts
 _ANSWERED = frozenset({DeliveryState.DELIVERED, DeliveryState.BOUNCED})
-_KEY = ["campaign", "stream", "provider", "bucket"]
+_KEY = ["campaign", "stream", "provider", "bucket", "writer"]
 _SUMS = (func.sum(_COUNTS.c.sent), func.sum(_COUNTS.c.hard), func.sum(_COUNTS.c.complaints))
 
 
@@ -45,11 +45,11 @@ def counted(outcome: Outcome) -> tuple[bool, bool]:
     return outcome.state in _ANSWERED or hard, hard
 
 
-async def count_outcomes(conn: AsyncConnection, outcomes: Sequence[Outcome]) -> None:
+async def count_outcomes(conn: AsyncConnection, outcomes: Sequence[Outcome], *, node: str = "") -> None:
     """Add an outcome batch: one INSERT ... SELECT per minute the batch spans (nearly always
     one), campaign and stream read from ``messages`` and the provider from the delivery row
-    the batch has just updated. Rows go in key order so that two nodes upserting the same
-    keys queue on them instead of deadlocking."""
+    the batch has just updated. The rows are ``node``'s own (column ``writer``): nodes sending
+    the same campaign never wait on each other's counters inside their group commits."""
     by_bucket: dict[datetime, tuple[list[int], list[int]]] = {}
     for outcome in outcomes:
         answered, hard = counted(outcome)
@@ -61,7 +61,7 @@ async def count_outcomes(conn: AsyncConnection, outcomes: Sequence[Outcome]) -> 
     for bucket, (ids, hard_ids) in sorted(by_bucket.items()):
         hard_count = func.sum(case((deliveries.c.id.in_(hard_ids), 1), else_=0)) if hard_ids else literal(0)
         rows = (select(messages.c.campaign, messages.c.stream, deliveries.c.provider,
-                       literal(bucket, UTCDateTime()), func.count(), hard_count, literal(0))
+                       literal(bucket, UTCDateTime()), literal(node), func.count(), hard_count, literal(0))
                 .select_from(deliveries.join(messages, messages.c.queue_id == deliveries.c.queue_id))
                 .where(deliveries.c.id.in_(ids))
                 .group_by(messages.c.campaign, messages.c.stream, deliveries.c.provider)
@@ -91,7 +91,7 @@ async def count_feedback(conn: AsyncConnection, delivery_id: int | None, kind: K
     hard = int(kind == HARD_BOUNCE)
     await conn.execute(_add(conn, upsert(conn, _COUNTS).values(
         campaign=copy.campaign, stream=copy.stream, provider=copy.provider, bucket=bucket_of(copy.updated_at),
-        sent=0, hard=hard, complaints=1 - hard)))
+        writer="", sent=0, hard=hard, complaints=1 - hard)))
 
 
 async def _told_before(conn: AsyncConnection, delivery_id: int, kind: Kind) -> bool:

@@ -361,6 +361,10 @@ reputation_counts = Table(
     Column("stream", String(16), primary_key=True),
     Column("provider", String(64), primary_key=True),
     Column("bucket", UTCDateTime(), primary_key=True),  # the minute the events fell in
+    # The node whose outcome batches wrote the row ("" for DSNs and complaints): each node
+    # upserts its own rows inside its group commit, so nodes never wait on (or deadlock over)
+    # one another's counters; readers sum over nodes.
+    Column("writer", String(128), primary_key=True, server_default=""),
     Column("sent", Integer, nullable=False, default=0),
     Column("hard", Integer, nullable=False, default=0),
     Column("complaints", Integer, nullable=False, default=0),

@@ -24,7 +24,7 @@ from gateway.sandbox.demo import dsn
 from gateway.storage import campaign_store, feedback_store, queue_store, reputation_store
 from gateway.storage.database import Database
 from gateway.storage.feedback_store import BounceFact, ComplaintFact
-from gateway.storage.tables import events
+from gateway.storage.tables import events, reputation_counts
 
 T0 = datetime(2026, 11, 25, 8, 0, 30, tzinfo=UTC)
 MINUTE0 = T0.replace(second=0)  # the bucket T0 falls in
@@ -82,6 +82,19 @@ async def test_outcome_batches_count_answers_and_hard_bounces_per_campaign_and_p
     whole = await db.read(partial(reputation_store.rates, start=T0 - timedelta(hours=1)))
     assert whole[Key("transactional", "", "gmail")].sent + whole[Key("transactional", "", "yahoo")].sent == 2
     assert sum(t.sent for k, t in whole.items() if k.stream == "marketing") == 11
+
+
+async def test_each_node_counts_in_its_own_rows_and_readers_sum_them(db: Database) -> None:
+    """Two nodes sending one campaign to one provider in the same minute: no shared row to
+    wait on (or deadlock over) inside their group commits, and the same figures."""
+    outcomes = [o for o in await _claimed(db, _message(1, "spring", 8)) if o.provider == "gmail"]
+    first, second = outcomes[:2], [_bounced(o) for o in outcomes[2:]]
+    await db.write(lambda c: reputation_store.count_outcomes(c, first, node="node-a"))
+    await db.write(lambda c: reputation_store.count_outcomes(c, second, node="node-b"))
+    # The provider is read from the delivery row, which record_outcomes (not called here) sets.
+    assert await _tallies(db) == {Key("marketing", "spring", ""): Tally(sent=4, hard=2)}
+    writers = await db.read(lambda c: c.execute(select(reputation_counts.c.writer).order_by("writer")))
+    assert [row.writer for row in writers] == ["node-a", "node-b"]
 
 
 async def test_a_hard_verdict_on_a_deferral_counts_as_an_answer_and_a_hard_bounce(db: Database) -> None:

@@ -1,7 +1,8 @@
 """Reputation circuit breakers (issue 9): counts per campaign, stream, provider and minute.
 
 ``reputation_counts`` holds copies with a final answer, hard bounces and complaints in
-one-minute buckets (upserted per outcome batch, pruned after the window);
+one-minute buckets (upserted per outcome batch, pruned after the window), one row per
+writing node (``writer``) so that nodes never wait on each other's counters;
 ``events.campaign`` names the campaign of campaign-level events (paused, resumed, warned),
 which have no recipient.
 
@@ -30,10 +31,12 @@ def upgrade() -> None:
         sa.Column("stream", sa.String(16), nullable=False),
         sa.Column("provider", sa.String(64), nullable=False),
         sa.Column("bucket", UTCDateTime(), nullable=False),
+        sa.Column("writer", sa.String(128), nullable=False, server_default=""),
         sa.Column("sent", sa.Integer, nullable=False),
         sa.Column("hard", sa.Integer, nullable=False),
         sa.Column("complaints", sa.Integer, nullable=False),
-        sa.PrimaryKeyConstraint("campaign", "stream", "provider", "bucket", name="pk_reputation_counts"),
+        sa.PrimaryKeyConstraint("campaign", "stream", "provider", "bucket", "writer",
+                                name="pk_reputation_counts"),
     )
     op.create_index("ix_reputation_counts_bucket", "reputation_counts", ["bucket"])
     with op.batch_alter_table("events") as batch:
