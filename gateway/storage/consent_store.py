@@ -12,7 +12,6 @@ from typing import Any, TypeVar
 from sqlalchemy import (
     ColumnElement,
     String,
-    Table,
     and_,
     case,
     delete,
@@ -25,11 +24,11 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.ingest.csv_import import ContactRow as ImportRow
 from gateway.ingest.rules import Consent, ListInfo, Suppression
+from gateway.storage.database import upsert
 from gateway.storage.tables import (
     UTCDateTime,
     consent_history,
@@ -43,11 +42,6 @@ from gateway.storage.tables import (
 )
 
 T = TypeVar("T")
-
-
-def _upsert(conn: AsyncConnection, table: Table) -> Any:
-    """INSERT ... ON CONFLICT for the connection's dialect (both speak the same clause)."""
-    return (postgresql.insert(table) if conn.dialect.name == "postgresql" else sqlite.insert(table))
 
 
 # -- facts for decisions ----------------------------------------------------------------
@@ -116,7 +110,7 @@ async def record_sends(conn: AsyncConnection, sends: Iterable[tuple[str, str, da
     rows = [{"address_hash": h, "list_key": key, "last_at": at} for h, key, at in sends]
     if not rows:
         return
-    statement = _upsert(conn, marketing_sends)
+    statement = upsert(conn, marketing_sends)
     await conn.execute(statement.on_conflict_do_update(
         index_elements=["address_hash", "list_key"], set_={"last_at": statement.excluded.last_at}), rows)
 
@@ -175,7 +169,7 @@ async def add_suppressions(conn: AsyncConnection, records: Sequence[SuppressionR
     """
     if not records:
         return 0
-    statement = _upsert(conn, suppressions)
+    statement = upsert(conn, suppressions)
     old, new = suppressions.c.expires_at, statement.excluded.expires_at
     result = await conn.execute(statement.on_conflict_do_update(
         index_elements=["address_hash", "scope", "scope_key", "reason"],
@@ -247,7 +241,7 @@ async def record_consent(conn: AsyncConnection, change: ConsentChange) -> None:
     """
     if change.status == "confirmed":
         await _lift_unsubscribes(conn, [change.address_hash], change.list_key)
-    statement = _upsert(conn, consents)
+    statement = upsert(conn, consents)
     await conn.execute(statement.values(
         contact_id=change.contact_id, list_key=change.list_key, status=change.status,
         frequency=change.frequency, updated_at=change.at).on_conflict_do_update(
@@ -382,7 +376,7 @@ async def import_consents(conn: AsyncConnection, rows: Sequence[ImportRow], list
     ids = await contact_ids(conn, hashes)
     new = [row for row in rows if row.address_hash not in ids]
     if new:
-        statement = _upsert(conn, contacts).on_conflict_do_nothing(index_elements=["address_hash"])
+        statement = upsert(conn, contacts).on_conflict_do_nothing(index_elements=["address_hash"])
         await conn.execute(statement, [
             {"address": row.address, "address_hash": row.address_hash, "created_at": now,
              "locale": row.locale, "attributes": "{}"} for row in new])
@@ -393,7 +387,7 @@ async def import_consents(conn: AsyncConnection, rows: Sequence[ImportRow], list
     rows = kept
     if not rows:
         return len(new), suppressed, skipped
-    statement = _upsert(conn, consents)
+    statement = upsert(conn, consents)
     await conn.execute(statement.on_conflict_do_update(
         index_elements=["contact_id", "list_key"],
         set_={"status": statement.excluded.status, "updated_at": statement.excluded.updated_at,

@@ -14,7 +14,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.feedback.breakers import COMPLAINT, HARD_BOUNCE
@@ -23,6 +22,7 @@ from gateway.feedback.verdicts import BounceClass, Severity, Verdict
 from gateway.ingest.addresses import address_hash
 from gateway.storage import consent_store, reputation_store
 from gateway.storage.consent_store import SuppressionRecord
+from gateway.storage.database import upsert
 from gateway.storage.tables import (
     events,
     feedback_records,
@@ -119,16 +119,13 @@ async def _soft(conn: AsyncConnection, fact: BounceFact, rule: SoftBounceRule) -
     return BounceEffect(action, hard=False, marketing_suppressed=True), True
 
 
-def _upsert(conn: AsyncConnection, table: Any) -> Any:
-    return postgresql.insert(table) if conn.dialect.name == "postgresql" else sqlite.insert(table)
-
 
 async def _locked_count(conn: AsyncConnection, digest: str, at: datetime) -> SoftCount | None:
     """The address's count, locked until commit. The row is created first (0 bounces) if
     missing, so that two nodes counting an address's first bounce at once queue on the row
     (PostgreSQL: the second insert waits for the first to commit, then finds it) instead of
     both reading "none" and one overwriting the other. SQLite serialises writers anyway."""
-    await conn.execute(_upsert(conn, soft_bounces).values(address_hash=digest, bounces=0, first_at=at,
+    await conn.execute(upsert(conn, soft_bounces).values(address_hash=digest, bounces=0, first_at=at,
                                                          last_at=at).on_conflict_do_nothing())
     query = select(soft_bounces).where(soft_bounces.c.address_hash == digest)
     if conn.dialect.name == "postgresql":
@@ -145,7 +142,7 @@ async def _store_count(conn: AsyncConnection, digest: str, count: SoftCount) -> 
 async def _claim_count(conn: AsyncConnection, delivery_id: int, at: datetime) -> bool:
     """True the first time a delivery's soft bounce is counted (its sync reply, a DSN, two
     DSNs: once). The primary key decides, so two transactions cannot both count it."""
-    inserted = await conn.execute(_upsert(conn, soft_bounce_deliveries).values(delivery_id=delivery_id, at=at)
+    inserted = await conn.execute(upsert(conn, soft_bounce_deliveries).values(delivery_id=delivery_id, at=at)
                                   .on_conflict_do_nothing().returning(soft_bounce_deliveries.c.delivery_id))
     return inserted.first() is not None
 
@@ -342,7 +339,7 @@ async def ensure_cursor(conn: AsyncConnection, webhook: str, *, from_start: bool
     """A webhook seen for the first time starts after the newest event (or at the first
     with ``from_start``); an existing cursor is left alone."""
     start = 0 if from_start else await newest_event_id(conn)
-    await conn.execute(_upsert(conn, webhook_cursors).values(webhook=webhook, last_event_id=start)
+    await conn.execute(upsert(conn, webhook_cursors).values(webhook=webhook, last_event_id=start)
                        .on_conflict_do_nothing())
 
 
