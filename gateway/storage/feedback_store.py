@@ -119,7 +119,6 @@ async def _soft(conn: AsyncConnection, fact: BounceFact, rule: SoftBounceRule) -
     return BounceEffect(action, hard=False, marketing_suppressed=True), True
 
 
-
 async def _locked_count(conn: AsyncConnection, digest: str, at: datetime) -> SoftCount | None:
     """The address's count, locked until commit. The row is created first (0 bounces) if
     missing, so that two nodes counting an address's first bounce at once queue on the row
