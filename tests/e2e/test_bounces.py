@@ -226,17 +226,24 @@ async def test_a_full_mailbox_for_a_week_is_paused_for_thirty_days_then_mail_flo
 
 
 class Receiver:
-    """A webhook endpoint on loopback: records each POST (headers, body), answers 200."""
+    """A webhook endpoint on loopback: records each POST (headers, body), answers 200.
+
+    It listens on its own address, not 127.0.0.1: while it is down the gateway keeps
+    connecting to it, and a connection to a closed port of 127.0.0.1 in the ephemeral range
+    can get that very port as its source and connect to itself (TCP simultaneous open),
+    taking the port the receiver restarts on. Clients of 127.0.x.y leave from 127.0.0.1."""
+
+    host = "127.0.2.80"
 
     def __init__(self) -> None:
         self.posts: list[tuple[dict[str, str], bytes]] = []
         self.server: asyncio.Server | None = None
         with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
+            probe.bind((self.host, 0))
             self.port = probe.getsockname()[1]  # free now; the receiver starts on it later
 
     async def start(self) -> None:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self.server = await asyncio.start_server(self._serve, self.host, self.port)
 
     async def stop(self) -> None:
         if self.server is not None:
@@ -271,7 +278,7 @@ async def test_a_webhook_receiver_that_was_down_gets_every_event_in_order_after_
     secret = b"k" * 40
     write_private_file(tmp_path / "hook.key", secret)
     receiver = Receiver()
-    hook = {"webhooks": [{"name": "crm", "url": f"http://127.0.0.1:{receiver.port}/events",
+    hook = {"webhooks": [{"name": "crm", "url": f"http://{receiver.host}:{receiver.port}/events",
                           "secret_file": str(tmp_path / "hook.key"), "retry_min": "200ms", "retry_max": "1s"}]}
     running = await start_gateway(hook)
     await running.consent("news", "ann@example.net", "bob@example.net")
