@@ -177,8 +177,7 @@ def _routes(ctx: OperationsContext) -> APIRouter:
         rows = await db.read(lambda conn: queue_store.trace(conn, key, pool_of=ctx.pool_of))
         if not rows:
             raise ApiError(404, f"nothing recorded for {key}")
-        return TraceOut(key=key, steps=[TraceStep(at=r.at, queue_id=r.queue_id, recipient=r.recipient,
-                                                  kind=r.kind, detail=r.detail) for r in rows])
+        return TraceOut(key=key, steps=[TraceStep.model_validate(r, from_attributes=True) for r in rows])
 
     @routes.get("/queue", response_model=QueueOut, responses=INVALID,
                 summary="deliveries still in the queue, soonest due first")
@@ -240,9 +239,7 @@ async def _campaign_now(ctx: OperationsContext, name: str) -> CampaignOut:
 
 
 def _campaign_out(state: campaign_store.CampaignState) -> CampaignOut:
-    return CampaignOut(campaign=state.campaign, paused=state.paused, reason=state.reason, detail=state.detail,
-                       changed_by=state.changed_by, changed_at=state.changed_at,
-                       counted_since=state.counted_since, held=state.held)
+    return CampaignOut.model_validate(state, from_attributes=True)
 
 
 _Action = Callable[..., Awaitable[int]]
@@ -281,6 +278,4 @@ async def _change(ctx: OperationsContext, body: QueueSelection, action: str) -> 
 
 
 def _delivery_out(view: queue_store.DeliveryView) -> DeliveryOut:
-    return DeliveryOut(queue_id=view.queue_id, recipient=view.recipient, state=view.state,
-                       attempts=view.attempts, provider=view.provider, next_attempt_at=view.next_attempt_at,
-                       last_reply=view.last_reply)
+    return DeliveryOut.model_validate(view, from_attributes=True)
