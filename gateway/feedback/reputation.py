@@ -75,9 +75,8 @@ class ReputationGuard:
 
     def note(self, stream: str, campaign: str) -> None:
         """An attempt of ``campaign`` is about to be recorded: judge it soon."""
-        if campaign and stream in self.settings().streams:
-            self._noted.add(campaign)
-            self._wake.set()
+        if stream in self.settings().streams:
+            self.reported(campaign)
 
     def reported(self, campaign: str) -> None:
         """A DSN or a complaint about a copy of ``campaign`` has been committed: judge it now,
@@ -159,7 +158,7 @@ class ReputationGuard:
             return
         key = decision.key
         metrics.BREAKER_TRIPS.labels(key.stream, key.provider, decision.kind).inc()
-        metrics.CAMPAIGNS_PAUSED.set(await self.db.read(reputation_store.paused_count))
+        await _count_paused(self.db)
         self.memory.forget(campaign)
         log.warning("campaign %s paused by the %s breaker: %s; %d queued copies held until "
                     "`gateway campaign resume %s`", campaign, decision.kind, decision.detail, held, campaign,
@@ -178,7 +177,7 @@ class ReputationGuard:
         rep = self.settings()
         now = self.clock()
         window = timedelta(seconds=rep.window)
-        metrics.CAMPAIGNS_PAUSED.set(await self.db.read(reputation_store.paused_count))
+        await _count_paused(self.db)
         start = bucket_of(now - window)
         rates = with_totals(await self.db.read(partial(reputation_store.rates, start=start)))
         metrics.REPUTATION_RATE.clear()
@@ -253,7 +252,8 @@ async def resume(db: Database, campaign: str, *, by: str, now: datetime) -> int 
 
 
 async def _count_paused(db: Database) -> None:
-    """The gauge follows an operator's change at once in the serving process (admin API)."""
+    """The paused-campaigns gauge, read from the database: a breaker's pause and an operator's
+    change (admin API) show at once in the serving process, not only at the next full pass."""
     metrics.CAMPAIGNS_PAUSED.set(await db.read(reputation_store.paused_count))
 
 
