@@ -21,14 +21,13 @@ AddConfig = Callable[[argparse.ArgumentParser], None]
 
 # Actions that stop mail: without a filter they need --all, as `postsuper -d ALL` does.
 _NEED_ALL = frozenset({"hold", "purge"})
-# verb -> (help, states it applies to, what the count printed afterwards says)
+# verb -> (help, what the count printed afterwards says); the states each applies to are
+# queue_store.ACTION_STATES
 _ACTIONS = {
-    "retry": ("make waiting deliveries due now", "queued, deferred", "made due now"),
-    "hold": ("keep waiting deliveries in the queue without sending them, until released",
-             "queued, deferred", "held"),
-    "release": ("send held deliveries again (due now)", "held", "released"),
-    "purge": ("give up on deliveries still in the queue (they become expired)",
-              "queued, deferred, held", "purged"),
+    "retry": ("make waiting deliveries due now", "made due now"),
+    "hold": ("keep waiting deliveries in the queue without sending them, until released", "held"),
+    "release": ("send held deliveries again (due now)", "released"),
+    "purge": ("give up on deliveries still in the queue (they become expired)", "purged"),
 }
 
 
@@ -37,10 +36,10 @@ def add_parsers(verbs: Any, add_config: AddConfig) -> None:
     actions = queue.add_subparsers(dest="queue_verb", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="deliveries still in the queue, soonest due first")
     listing.add_argument("--limit", type=int, default=50)
-    _add_filters(listing, "queued, deferred, held")
-    for name, (text, states, _) in _ACTIONS.items():
+    _add_filters(listing, "list")
+    for name, (text, _) in _ACTIONS.items():
         action = actions.add_parser(name, help=text)
-        _add_filters(action, states)
+        _add_filters(action, name)
         if name in _NEED_ALL:
             action.add_argument("--all", action="store_true",
                                 help="every delivery in the queue (needed when no other filter is given)")
@@ -55,8 +54,9 @@ def add_parsers(verbs: Any, add_config: AddConfig) -> None:
     add_config(trace)
 
 
-def _add_filters(action: argparse.ArgumentParser, states: str) -> None:
+def _add_filters(action: argparse.ArgumentParser, verb: str) -> None:
     """The same filters for every action; given together, a delivery must match them all."""
+    states = ", ".join(sorted(state.value for state in queue_store.ACTION_STATES[verb]))
     action.add_argument("--id", dest="queue_id", metavar="QUEUE-ID", help="only this message")
     action.add_argument("--domain", help="only recipients at this domain")
     action.add_argument("--provider", metavar="NAME",
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
               "purge": queue_store.purge}[args.queue_verb]
     now = datetime.now(UTC)
     count = _with_db(settings.storage.url, lambda c: change(c, now, **filters), write=True)
-    print(f"{count} deliveries {_ACTIONS[args.queue_verb][2]}")
+    print(f"{count} deliveries {_ACTIONS[args.queue_verb][1]}")
     return 0
 
 

@@ -434,11 +434,11 @@ async def count_pending(conn: AsyncConnection) -> dict[str, int]:
 # domain, provider profile, campaign ("" = mail without a campaign) and states, which must be
 # among the states the action applies to (default: all of them).
 
-def _selection(action: str, allowed: Iterable[DeliveryState], states: Iterable[str] | None, *,
+def _selection(action: str, states: Iterable[str] | None, *,
                queue_id: str | None, domain: str | None, provider: str | None,
                campaign: str | None) -> list[ColumnElement[bool]]:
     """The WHERE terms of an operator's filters; ValueError for a state the action cannot take."""
-    valid = [s.value for s in sorted(allowed)]
+    valid = [s.value for s in sorted(ACTION_STATES[action])]
     chosen = sorted(set(states)) if states else valid
     wrong = [s for s in chosen if s not in valid]
     if wrong:
@@ -457,11 +457,18 @@ def _selection(action: str, allowed: Iterable[DeliveryState], states: Iterable[s
     return where
 
 
+# The states each operator action applies to (the CLI and the admin API validate with it).
+ACTION_STATES: dict[str, frozenset[DeliveryState]] = {
+    "list": QUEUE_STATES, "retry": PENDING_STATES, "hold": PENDING_STATES,
+    "release": frozenset({DeliveryState.HELD}), "purge": QUEUE_STATES,
+}
+
+
 async def retry_now(conn: AsyncConnection, now: datetime, *, queue_id: str | None = None,
                     domain: str | None = None, provider: str | None = None, campaign: str | None = None,
                     states: Iterable[str] | None = None) -> int:
     """Make waiting (queued, deferred) deliveries due now; held ones need a release."""
-    where = _selection("retry", PENDING_STATES, states, queue_id=queue_id, domain=domain, provider=provider,
+    where = _selection("retry", states, queue_id=queue_id, domain=domain, provider=provider,
                        campaign=campaign)
     result = await conn.execute(update(deliveries).where(*where).values(next_attempt_at=now))
     return int(result.rowcount or 0)
@@ -471,7 +478,7 @@ async def hold(conn: AsyncConnection, now: datetime, *, queue_id: str | None = N
                domain: str | None = None, provider: str | None = None, campaign: str | None = None,
                states: Iterable[str] | None = None) -> int:
     """Hold waiting deliveries until released; one being attempted right now is left to finish."""
-    where = _selection("hold", PENDING_STATES, states, queue_id=queue_id, domain=domain, provider=provider,
+    where = _selection("hold", states, queue_id=queue_id, domain=domain, provider=provider,
                        campaign=campaign)
     return await campaign_store.hold_deliveries(conn, and_(*where))
 
@@ -481,7 +488,7 @@ async def release(conn: AsyncConnection, now: datetime, *, queue_id: str | None 
                   states: Iterable[str] | None = None) -> int:
     """Release held deliveries, due now. A copy of a paused campaign is held again when it is
     claimed: resuming the campaign is what releases those."""
-    where = _selection("release", {DeliveryState.HELD}, states, queue_id=queue_id, domain=domain,
+    where = _selection("release", states, queue_id=queue_id, domain=domain,
                        provider=provider, campaign=campaign)
     return await campaign_store.release_deliveries(conn, and_(*where), now)
 
@@ -491,7 +498,7 @@ async def purge(conn: AsyncConnection, now: datetime, *, queue_id: str | None = 
                 states: Iterable[str] | None = None) -> int:
     """Give up on deliveries still in the queue (held ones too) that are not being attempted:
     they become ``expired`` with an event saying so."""
-    where = _selection("purge", QUEUE_STATES, states, queue_id=queue_id, domain=domain, provider=provider,
+    where = _selection("purge", states, queue_id=queue_id, domain=domain, provider=provider,
                        campaign=campaign)
     purged = await _finish_waiting(conn, where, DeliveryState.EXPIRED, "purged by operator", now)
     tally.count_expired(conn, purged)
@@ -720,7 +727,7 @@ async def list_queue(conn: AsyncConnection, *, queue_id: str | None = None, doma
                      states: Iterable[str] | None = None, limit: int = 50) -> list[DeliveryView]:
     """Deliveries still in the queue (queued, deferred, held; or those in ``states``),
     soonest due first."""
-    where = _selection("list", QUEUE_STATES, states, queue_id=queue_id, domain=domain, provider=provider,
+    where = _selection("list", states, queue_id=queue_id, domain=domain, provider=provider,
                        campaign=campaign)
     query = select(*_VIEW_COLUMNS).where(*where)
     rows = await conn.execute(query.order_by(deliveries.c.next_attempt_at, deliveries.c.id).limit(limit))

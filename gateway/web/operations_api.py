@@ -20,7 +20,6 @@ from pydantic import AfterValidator, Field, StrictBool, StrictStr, model_validat
 from gateway.config.units import KEY_RULE, is_key
 from gateway.feedback import reputation
 from gateway.operations.status import Status
-from gateway.records import PENDING_STATES, QUEUE_STATES, DeliveryState
 from gateway.storage import campaign_store, queue_store
 from gateway.storage.database import Database
 from gateway.storage.errors import StorageError
@@ -243,12 +242,12 @@ def _campaign_out(state: campaign_store.CampaignState) -> CampaignOut:
 
 
 _Action = Callable[..., Awaitable[int]]
-_ACTIONS: dict[str, tuple[str, _Action, frozenset[DeliveryState]]] = {  # as queue_store's actions take them
-    "retry": ("make waiting (queued or deferred) deliveries due now", queue_store.retry_now, PENDING_STATES),
-    "hold": ("keep waiting deliveries unsent until released", queue_store.hold, PENDING_STATES),
+_ACTIONS: dict[str, tuple[str, _Action]] = {  # states each applies to: queue_store.ACTION_STATES
+    "retry": ("make waiting (queued or deferred) deliveries due now", queue_store.retry_now),
+    "hold": ("keep waiting deliveries unsent until released", queue_store.hold),
     "release": ("make held deliveries due now (a paused campaign's are held again: resume it)",
-                queue_store.release, frozenset({DeliveryState.HELD})),
-    "purge": ("give up on deliveries (they become expired)", queue_store.purge, QUEUE_STATES),
+                queue_store.release),
+    "purge": ("give up on deliveries (they become expired)", queue_store.purge),
 }
 
 
@@ -259,8 +258,8 @@ def _queue_action(ctx: OperationsContext, action: str) -> Callable[[QueueSelecti
 
 
 async def _change(ctx: OperationsContext, body: QueueSelection, action: str) -> ChangedOut:
-    _summary, change, applies_to = _ACTIONS[action]
-    valid = sorted(s.value for s in applies_to)
+    _summary, change = _ACTIONS[action]
+    valid = sorted(s.value for s in queue_store.ACTION_STATES[action])
     if body.state is not None and body.state not in valid:
         message = f"{action} applies to {' or '.join(valid)} deliveries, not {body.state}"
         raise ApiError(422, f"invalid request: state: {message}", [Problem(field="state", message=message)])
